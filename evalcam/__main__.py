@@ -1,0 +1,3 @@
+from evalcam.cli import main
+
+main()

@@ -1,0 +1,94 @@
+"""Metric API: stateful accumulators in the torchmetrics pattern.
+
+Every state is a tensor on the metric's device that is reduced by summation, so states from several
+processes (or from the batches of an interrupted run) merge exactly: :meth:`Metric.merge` adds them and
+:meth:`Metric.sync` all-reduces them over ``torch.distributed``. ``update`` returns per-image records
+that the runner appends to the run's Parquet table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from evalcam.data.types import Sample
+from evalcam.methods.base import Explainer
+from evalcam.models.bundle import ModelBundle
+
+
+@dataclass
+class EvalBatch:
+    """Everything a metric may look at for one batch; maps are computed once by the runner."""
+
+    samples: list[Sample]
+    inputs: torch.Tensor  # preprocessed network inputs [B, 3, H, W]
+    logits: torch.Tensor  # [B, num_classes]
+    pred_classes: torch.Tensor  # [B, K] top-K predicted classes, best first
+    pred_maps: torch.Tensor  # [B, K, h, w] maps of those classes at feature resolution
+    explainer: Explainer
+    bundle: ModelBundle
+    # Maps of the ground-truth classes, when a metric asked for them (pointing game): [B, L, h, w],
+    # classes [B, L] padded with -1 where an image has fewer than L labels.
+    gt_classes: torch.Tensor | None = None
+    gt_maps: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Metric:
+    """Base accumulator. Subclasses declare states in ``__init__`` via :meth:`add_state`."""
+
+    name = "metric"
+    #: maps of the top-k predicted classes this metric needs (0: none)
+    pred_topk = 0
+    #: whether this metric needs maps of the ground-truth classes
+    needs_gt_maps = False
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self._defaults: dict[str, torch.Tensor] = {}
+
+    def add_state(self, name: str, default: torch.Tensor) -> None:
+        self._defaults[name] = default.clone()
+        setattr(self, name, default.clone().to(self.device))
+
+    def reset(self) -> None:
+        for name, default in self._defaults.items():
+            setattr(self, name, default.clone().to(self.device))
+
+    def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
+        """Accumulate one batch; return one record per sample (same order as ``batch.samples``)."""
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name).detach().cpu().clone() for name in self._defaults}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name in self._defaults:
+            setattr(self, name, state[name].to(self.device).clone())
+
+    def merge(self, other: Metric | dict[str, torch.Tensor]) -> None:
+        """Add another accumulator's state (another process, another shard) into this one."""
+        state = other.state_dict() if isinstance(other, Metric) else other
+        for name in self._defaults:
+            setattr(self, name, getattr(self, name) + state[name].to(self.device))
+
+    def sync(self) -> None:
+        """Sum states across all processes of the default process group (no-op when not distributed)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        for name in self._defaults:
+            tensor = getattr(self, name).clone()
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            setattr(self, name, tensor)
+
+
+def safe_ratio(num: torch.Tensor, den: torch.Tensor) -> float:
+    """num / den as a float, NaN only when nothing at all was counted."""
+    den_value = float(den)
+    return float(num) / den_value if den_value > 0 else float("nan")

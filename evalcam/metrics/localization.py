@@ -1,0 +1,95 @@
+"""Weak localization, the Grad-CAM paper's protocol (Selvaraju et al., ICCV 2017, Sec. 4.1, Table 1).
+
+For each of the network's top-5 predicted classes: take that class's map, upsample it bilinearly to the
+image, keep pixels >= ``threshold`` (15%) of the map's maximum, take the single largest 8-connected
+segment and its bounding box. Following the ILSVRC localization challenge that Table 1 reports:
+
+- top-1 cls error: the top-1 class is not a ground-truth class of the image;
+- top-5 cls error: none of the top-5 classes is;
+- top-1 loc error: not (top-1 class correct and its box has IoU >= ``iou`` with some ground-truth box
+  of that class);
+- top-5 loc error: that holds for none of the top-5 predictions.
+
+A map with no signal (all <= 0, or NaN/Inf) yields no box: it counts as a localization failure and is
+counted in ``degenerate_maps``. Boxes are computed only where they can matter: for the top-1 class
+(always, it is recorded) and for top-5 classes that are ground-truth classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from evalcam.maps import is_degenerate, upsample
+from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
+from evalcam.metrics.boxes import box_iou, largest_component_box
+
+
+def map_to_box(cam: torch.Tensor, threshold: float) -> tuple[int, int, int, int] | None:
+    """Box of the largest segment of ``cam >= threshold * max(cam)``; None for a degenerate map."""
+    if bool(is_degenerate(cam)):
+        return None
+    mask = cam >= threshold * cam.max()
+    return largest_component_box(mask.cpu().numpy())
+
+
+def best_iou(box: tuple[int, int, int, int] | None, gt: torch.Tensor | None) -> float:
+    if box is None or gt is None or gt.numel() == 0:
+        return 0.0
+    return float(box_iou(torch.tensor(box, dtype=torch.float32), gt.float().cpu()).max())
+
+
+class WeakLocalization(Metric):
+    name = "weak_loc"
+
+    def __init__(self, device: torch.device | str = "cpu", threshold: float = 0.15, iou: float = 0.5,
+                 topk: int = 5) -> None:
+        super().__init__(device)
+        self.threshold, self.iou, self.topk = float(threshold), float(iou), int(topk)
+        self.pred_topk = self.topk
+        for state in ("images", "top1_cls", "topk_cls", "top1_loc", "topk_loc", "degenerate"):
+            self.add_state(state, torch.zeros((), dtype=torch.float64))
+
+    def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
+        records = []
+        classes = batch.pred_classes[:, : self.topk].cpu()
+        for i, sample in enumerate(batch.samples):
+            labels = set(sample.labels)
+            hits_cls = [int(c) in labels for c in classes[i]]
+            wanted = [k for k in range(classes.shape[1]) if k == 0 or hits_cls[k]]
+            cams = upsample(batch.pred_maps[i, wanted], sample.size)
+            boxes, ious, degenerate = {}, {}, 0
+            for cam, k in zip(cams, wanted, strict=True):
+                box = map_to_box(cam, self.threshold)
+                degenerate += box is None
+                boxes[k] = box
+                ious[k] = best_iou(box, sample.boxes.get(int(classes[i, k]))) if hits_cls[k] else 0.0
+            loc_hits = [hits_cls[k] and ious[k] >= self.iou for k in wanted]
+            top1_loc = bool(loc_hits[0])
+            topk_loc = any(loc_hits)
+            for state, value in (
+                ("images", 1), ("top1_cls", hits_cls[0]), ("topk_cls", any(hits_cls)),
+                ("top1_loc", top1_loc), ("topk_loc", topk_loc), ("degenerate", degenerate),
+            ):
+                setattr(self, state, getattr(self, state) + float(value))
+            records.append({
+                "weak_loc.top1_box": list(boxes[0]) if boxes[0] is not None else None,
+                "weak_loc.top1_iou": ious[0],
+                "weak_loc.top1_cls_ok": hits_cls[0],
+                "weak_loc.top5_cls_ok": any(hits_cls),
+                "weak_loc.top1_loc_ok": top1_loc,
+                "weak_loc.top5_loc_ok": topk_loc,
+            })
+        return records
+
+    def compute(self) -> dict[str, float]:
+        n = self.images
+        return {
+            "top1_loc_error": 1 - safe_ratio(self.top1_loc, n),
+            "top5_loc_error": 1 - safe_ratio(self.topk_loc, n),
+            "top1_cls_error": 1 - safe_ratio(self.top1_cls, n),
+            "top5_cls_error": 1 - safe_ratio(self.topk_cls, n),
+            "images": float(n),
+            "degenerate_maps": float(self.degenerate),
+        }

@@ -1,0 +1,210 @@
+"""The main job: one (method, model, dataset) run, from a plain config dict to a run directory + MLflow.
+
+Maps are computed once per batch and every selected metric reads them. Per-image results and metric
+states are appended batch by batch (see :mod:`evalcam.results`), so a rerun of the same command resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import yaml
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from evalcam import __version__
+from evalcam.data import Sample, SkippedImage, build_dataset, collate_samples
+from evalcam.figures import ExampleRow, example_grid
+from evalcam.methods import METHODS, TopK, build_explainer
+from evalcam.metrics import EvalBatch, build_metrics
+from evalcam.models import load_model
+from evalcam.results import ResultStore
+from evalcam.tracking import TrackingUnavailable, flatten, log_run_dir
+
+log = logging.getLogger(__name__)
+
+# Settings that change numbers; batch size, device and workers must not (tested), so they stay out.
+RESULT_KEYS = ("method", "model", "dataset", "metrics")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, float]
+    mlflow_run_id: str | None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} requested but CUDA is not available; use device=cpu or device=auto")
+    return device
+
+
+def run_name(config: dict[str, Any]) -> str:
+    return "·".join((config["method"]["name"], config["model"]["name"], config["dataset"]["name"]))
+
+
+def run_directory(config: dict[str, Any]) -> Path:
+    identity = json.dumps({k: config.get(k) for k in RESULT_KEYS}, sort_keys=True, default=str)
+    digest = hashlib.sha1(identity.encode()).hexdigest()[:10]
+    name = "__".join((config["method"]["name"].replace("/", "-"), config["model"]["name"],
+                      config["dataset"]["name"], digest))
+    return Path(config.get("output_dir", "evalcam_runs")) / name
+
+
+def _kwargs(section: dict[str, Any], drop: tuple[str, ...] = ("name",)) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k not in drop and v is not None}
+
+
+def _gt_targets(samples: list[Sample], device: torch.device) -> torch.Tensor:
+    width = max(len(s.labels) for s in samples)
+    rows = [s.labels + [-1] * (width - len(s.labels)) for s in samples]
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+def run(config: dict[str, Any]) -> RunResult:
+    """Evaluate ``config["method"]`` on ``config["dataset"]`` with ``config["model"]``."""
+    started = time.perf_counter()
+    device = resolve_device(str(config.get("device", "auto")))
+    model_cfg, method_cfg = config["model"], config["method"]
+    bundle = load_model(model_cfg["name"], device=device, target_layer=model_cfg.get("target_layer"),
+                        **_kwargs(model_cfg.get("params") or {}))
+    dataset = build_dataset(config["dataset"]["name"], **_kwargs(config["dataset"]))
+    explainer = build_explainer(method_cfg["name"], bundle, **dict(method_cfg.get("params") or {}))
+    metrics = build_metrics(config.get("metrics") or {}, device)
+    topk = max([m.pred_topk for m in metrics] + [int(config.get("topk", 5))])
+    need_gt = any(m.needs_gt_maps for m in metrics)
+
+    run_dir = run_directory(config)
+    store = ResultStore(run_dir)
+    if not config.get("resume", True) and store.parts():
+        raise FileExistsError(f"{run_dir} holds results of an earlier run; resume=true continues it, "
+                              f"or delete the folder to start over")
+    states = store.load_states()
+    if states:
+        for metric in metrics:
+            metric.load_state_dict(states[metric.name])
+    done = store.done_ids()
+    todo = [i for i, image_id in enumerate(dataset.ids) if image_id not in done]
+    if done:
+        log.info("resuming %s: %d of %d images already done", run_dir, len(done), len(dataset))
+
+    loader = DataLoader(Subset(dataset, todo), batch_size=int(config.get("batch_size", 16)),
+                        num_workers=int(config.get("num_workers", 0)), collate_fn=collate_samples,
+                        pin_memory=device.type == "cuda")
+    for batch in tqdm(loader, desc=run_name(config), unit="batch", disable=not config.get("progress", True)):
+        samples = [s for s in batch if isinstance(s, Sample)]
+        rows: list[dict[str, Any]] = [
+            {"image_id": s.image_id, "status": "skipped", "error": s.reason}
+            for s in batch if isinstance(s, SkippedImage)
+        ]
+        if samples:
+            rows += evaluate_batch(samples, bundle, explainer, metrics, topk, need_gt, device)
+        store.append(rows, {m.name: m.state_dict() for m in metrics})
+
+    return finish(config, run_dir, store, metrics, bundle, explainer, dataset, time.perf_counter() - started)
+
+
+def evaluate_batch(samples: list[Sample], bundle, explainer, metrics, topk: int, need_gt: bool,
+                   device: torch.device) -> list[dict[str, Any]]:
+    inputs = bundle.preprocess([s.image for s in samples], device)
+    pred = explainer.explain(inputs, TopK(topk))
+    gt_classes = gt_maps = None
+    if need_gt:
+        gt_classes = _gt_targets(samples, device)
+        # Padding (-1) is explained as class 0 and ignored by the metrics through gt_classes.
+        gt_maps = explainer.explain(inputs, gt_classes.clamp_min(0)).maps
+    eval_batch = EvalBatch(samples=samples, inputs=inputs, logits=pred.logits, pred_classes=pred.classes,
+                           pred_maps=pred.maps, explainer=explainer, bundle=bundle,
+                           gt_classes=gt_classes, gt_maps=gt_maps)
+    probs = pred.logits.softmax(-1).gather(1, pred.classes).cpu()
+    rows = [
+        {"image_id": s.image_id, "status": "ok", "error": None, "labels": list(s.labels),
+         "pred_top5": pred.classes[i, :5].cpu().tolist(), "pred_top5_prob": probs[i, :5].tolist()}
+        for i, s in enumerate(samples)
+    ]
+    for metric in metrics:
+        for row, record in zip(rows, metric.update(eval_batch), strict=True):
+            row.update(record)
+    return rows
+
+
+def finish(config, run_dir: Path, store: ResultStore, metrics, bundle, explainer, dataset,
+           seconds: float) -> RunResult:
+    table = store.table()
+    skipped = table[table["status"] == "skipped"] if len(table) else table
+    values: dict[str, float] = {}
+    for metric in metrics:
+        values.update({f"{metric.name}/{k}": v for k, v in metric.compute().items()})
+    values["run/images_evaluated"] = float((table["status"] == "ok").sum()) if len(table) else 0.0
+    values["run/images_skipped"] = float(len(skipped))
+    values["run/seconds"] = seconds
+
+    table.to_parquet(run_dir / "per_image.parquet")
+    table.to_csv(run_dir / "per_image.csv", index=False)
+    if len(skipped):
+        skipped[["image_id", "error"]].to_csv(run_dir / "skipped.csv", index=False)
+        log.warning("%d image(s) could not be read and were skipped; list: %s", len(skipped),
+                    run_dir / "skipped.csv")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    draw_examples(config, run_dir, table, bundle, explainer, dataset)
+
+    method = config["method"]["name"]
+    family, paper = METHODS[method][1:] if method in METHODS else ("external", "")
+    summary = {
+        "run_name": run_name(config),
+        "experiment": config.get("experiment") or f"{config['dataset']['name']}/{config['model']['name']}",
+        "tracking_uri": config.get("tracking_uri"),
+        "tags": {"method": method, "method_family": family, "paper": paper, "model": bundle.name,
+                 "dataset": config["dataset"]["name"], "weights": str(bundle.weights),
+                 "target_layer": str(bundle.target_layer), "evalcam_version": __version__,
+                 "device": str(bundle.device)},
+        "params": flatten(config),
+        "metrics": values,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    run_id = None
+    if config.get("mlflow", True):
+        try:
+            run_id = log_run_dir(run_dir, config.get("tracking_uri"))
+        except (TrackingUnavailable, OSError) as err:
+            log.error("%s. Results are saved in %s; log them later with: python -m evalcam log %s",
+                      err, run_dir, run_dir)
+    return RunResult(run_dir=run_dir, metrics=values, mlflow_run_id=run_id)
+
+
+def draw_examples(config, run_dir: Path, table: pd.DataFrame, bundle, explainer, dataset) -> None:
+    """Figure of the first few images: image | top-1 map | predicted vs ground-truth boxes."""
+    count = int(config.get("n_examples", 8))
+    if count <= 0 or not len(table):
+        return
+    by_id = table.set_index("image_id")
+    rows = []
+    for index in range(len(dataset)):
+        if len(rows) >= count:
+            break
+        sample = dataset[index]
+        if not isinstance(sample, Sample):
+            continue
+        inputs = bundle.preprocess([sample.image], bundle.device)
+        explanation = explainer.explain(inputs, TopK(1))
+        cls = int(explanation.classes[0, 0])
+        record = by_id.loc[sample.image_id] if sample.image_id in by_id.index else {}
+        box = record.get("weak_loc.top1_box") if hasattr(record, "get") else None
+        name = bundle.categories[cls] if cls < len(bundle.categories) else str(cls)
+        gt = [b.tolist() for c in sample.labels for b in sample.boxes.get(c, [])]
+        rows.append(ExampleRow(image=sample.image, cam=explanation.maps[0, 0], title=f"{sample.image_id}: {name}",
+                               pred_box=None if box is None else list(box), gt_boxes=gt))
+    example_grid(rows, run_dir / "examples.png", suptitle=run_name(config))

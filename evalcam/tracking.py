@@ -1,0 +1,88 @@
+"""MLflow logging of a finished run directory.
+
+The runner first writes everything to its run directory (summary.json, config.yaml, per-image tables,
+pictures); this module then copies that directory into MLflow. When the tracking server cannot be
+reached nothing is lost: the message says how to log the directory later with
+``python -m evalcam log RUN_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class TrackingUnavailable(RuntimeError):
+    pass
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"a.b.c": "value"}`` strings, the shape MLflow params take."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return out
+
+
+def _check_reachable(uri: str) -> None:
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)  # noqa: S310 (user-given URI)
+    except OSError as err:
+        raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable ({err})") from err
+
+
+def log_run_dir(run_dir: str | Path, tracking_uri: str | None = None) -> str:
+    """Log the run directory written by the runner to MLflow; returns the MLflow run id."""
+    import mlflow
+
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    uri = tracking_uri or summary.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        _check_reachable(uri)
+        mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(summary["experiment"])
+    with mlflow.start_run(run_name=summary["run_name"], tags=summary.get("tags", {})) as run:
+        params = summary.get("params", {})
+        items = list(params.items())
+        for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            mlflow.log_params({k: v[:6000] for k, v in items[start : start + 100]})
+        finite = {k: v for k, v in summary.get("metrics", {}).items() if v == v}  # drop NaN
+        mlflow.log_metrics(finite)
+        for name in ("config.yaml", "summary.json", "per_image.parquet", "per_image.csv", "skipped.csv"):
+            if (run_dir / name).exists():
+                mlflow.log_artifact(str(run_dir / name))
+        for picture in sorted(run_dir.glob("*.png")):
+            mlflow.log_artifact(str(picture), artifact_path="figures")
+        table = run_dir / "per_image.parquet"
+        if table.exists():
+            import pandas as pd
+
+            frame = pd.read_parquet(table)
+            # log_table makes the per-image results browsable in the UI's artifact view.
+            mlflow.log_table(frame.map(_jsonable), artifact_file="per_image_table.json")
+        run_id = run.info.run_id
+    summary["mlflow_run_id"] = run_id
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return run_id
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return json.dumps(value.tolist())
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value)
+    return value
