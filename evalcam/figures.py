@@ -9,12 +9,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.patches import Rectangle
 
-from evalcam.maps import normalize, upsample  # noqa: E402
+from evalcam.maps import normalize, upsample
 
 
 def overlay(image: torch.Tensor, cam: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
@@ -38,8 +38,17 @@ class ExampleRow:
 
 def _draw_box(ax, box: Sequence[float], color: str, style: str = "-") -> None:
     x0, y0, x1, y1 = box
-    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, color=color,
-                           linewidth=2, linestyle=style))
+    ax.add_patch(
+        Rectangle(
+            (x0 - 0.5, y0 - 0.5),
+            x1 - x0 + 1,
+            y1 - y0 + 1,
+            fill=False,
+            color=color,
+            linewidth=2,
+            linestyle=style,
+        )
+    )
 
 
 def example_grid(rows: Sequence[ExampleRow], path: str | Path, suptitle: str = "") -> Path:

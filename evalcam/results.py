@@ -1,9 +1,11 @@
 """Per-image results written as the run goes, so an interrupted run resumes where it stopped.
 
-Each batch becomes one Parquet part file written atomically (temp file + rename) that holds the batch's
-rows and, in its metadata, every metric's cumulative state after that batch. A SIGKILL can therefore
-lose at most the batch in flight: on restart the last complete part gives both the finished image ids
-and the exact accumulator state, and the run continues to the same numbers an uninterrupted run gives.
+Each batch becomes one Parquet part file, written atomically (temp file + rename), holding the batch's
+rows and, in its metadata, every metric's state *for that batch alone*. Metric states are sums, so the
+run's state is the sum of its parts' states: a SIGKILL loses at most the batch in flight, a restart
+reads back the finished image ids and the exact accumulated state, and parts written by several
+processes (``torchrun``) merge the same way. Summation follows the part order, so a resumed run gives
+bit-identical numbers to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,16 +22,24 @@ import pyarrow.parquet as pq
 import torch
 
 STATE_KEY = b"evalcam.metric_states"
+States = dict[str, dict[str, torch.Tensor]]
 
 
 class ResultStore:
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, rank: int = 0) -> None:
         self.dir = Path(directory)
+        self.rank = rank
         self.parts_dir = self.dir / "per_image"
         self.parts_dir.mkdir(parents=True, exist_ok=True)
+        self._next = self._next_index()
 
     def parts(self) -> list[Path]:
-        return sorted(self.parts_dir.glob("part-*.parquet"))
+        """All complete parts, from every process, in a fixed order (batch index, then rank)."""
+        return sorted(self.parts_dir.glob("part-*.parquet"), key=lambda p: p.stem.split("-")[1:][::-1])
+
+    def _next_index(self) -> int:
+        mine = [int(p.stem.split("-")[1]) for p in self.parts() if int(p.stem.split("-")[2]) == self.rank]
+        return max(mine, default=-1) + 1
 
     def done_ids(self) -> set[str]:
         parts = self.parts()
@@ -37,28 +47,33 @@ class ResultStore:
             return set()
         return set(pq.read_table(parts, columns=["image_id"]).column("image_id").to_pylist())
 
-    def load_states(self) -> dict[str, dict[str, torch.Tensor]] | None:
-        """Metric states after the last complete part, or None for a fresh run."""
-        parts = self.parts()
-        if not parts:
-            return None
-        meta = pq.read_schema(parts[-1]).metadata or {}
-        raw = base64.b64decode(meta[STATE_KEY])
-        return torch.load(io.BytesIO(raw), weights_only=True)
+    def load_states(self) -> States | None:
+        """Sum of the metric states of all complete parts, or None for a fresh run."""
+        total: States | None = None
+        for part in self.parts():
+            meta = pq.read_schema(part).metadata or {}
+            states: States = torch.load(io.BytesIO(base64.b64decode(meta[STATE_KEY])), weights_only=True)
+            if total is None:
+                total = states
+                continue
+            for metric, state in states.items():
+                for name, value in state.items():
+                    total[metric][name] = total[metric][name] + value
+        return total
 
-    def append(self, rows: list[dict[str, Any]], states: dict[str, dict[str, torch.Tensor]]) -> Path:
-        parts = self.parts()
-        index = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+    def append(self, rows: list[dict[str, Any]], states: States) -> Path:
+        """Write one batch: its rows and its own (not cumulative) metric states."""
         buffer = io.BytesIO()
         torch.save(states, buffer)
         table = pa.Table.from_pylist(rows)
         table = table.replace_schema_metadata({STATE_KEY: base64.b64encode(buffer.getvalue())})
-        path = self.parts_dir / f"part-{index:06d}.parquet"
-        tmp = path.with_suffix(".tmp")
+        path = self.parts_dir / f"part-{self._next:06d}-{self.rank:03d}.parquet"
+        tmp = self.parts_dir / f".{path.name}.tmp"
         pq.write_table(table, tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)  # atomic: a part is either complete or absent
+        self._next += 1
         return path
 
     def table(self) -> pd.DataFrame:
@@ -66,4 +81,9 @@ class ResultStore:
         if not parts:
             return pd.DataFrame()
         # Parts may differ in inferred types (a column all-None in one batch); concat per part.
-        return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        frames = [pd.read_parquet(p) for p in parts]
+        return (
+            pd.concat([f for f in frames if len(f)], ignore_index=True)
+            if any(len(f) for f in frames)
+            else frames[0]
+        )

@@ -44,11 +44,28 @@ class RunResult:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name} requested but CUDA is not available; use device=cpu or device=auto")
     return device
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size); joins the process group when started by torchrun."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), dist.get_world_size()
 
 
 def run_name(config: dict[str, Any]) -> str:
@@ -58,8 +75,14 @@ def run_name(config: dict[str, Any]) -> str:
 def run_directory(config: dict[str, Any]) -> Path:
     identity = json.dumps({k: config.get(k) for k in RESULT_KEYS}, sort_keys=True, default=str)
     digest = hashlib.sha1(identity.encode()).hexdigest()[:10]
-    name = "__".join((config["method"]["name"].replace("/", "-"), config["model"]["name"],
-                      config["dataset"]["name"], digest))
+    name = "__".join(
+        (
+            config["method"]["name"].replace("/", "-"),
+            config["model"]["name"],
+            config["dataset"]["name"],
+            digest,
+        )
+    )
     return Path(config.get("output_dir", "evalcam_runs")) / name
 
 
@@ -76,10 +99,15 @@ def _gt_targets(samples: list[Sample], device: torch.device) -> torch.Tensor:
 def run(config: dict[str, Any]) -> RunResult:
     """Evaluate ``config["method"]`` on ``config["dataset"]`` with ``config["model"]``."""
     started = time.perf_counter()
+    rank, world = distributed_rank()
     device = resolve_device(str(config.get("device", "auto")))
     model_cfg, method_cfg = config["model"], config["method"]
-    bundle = load_model(model_cfg["name"], device=device, target_layer=model_cfg.get("target_layer"),
-                        **_kwargs(model_cfg.get("params") or {}))
+    bundle = load_model(
+        model_cfg["name"],
+        device=device,
+        target_layer=model_cfg.get("target_layer"),
+        **_kwargs(model_cfg.get("params") or {}),
+    )
     dataset = build_dataset(config["dataset"]["name"], **_kwargs(config["dataset"]))
     explainer = build_explainer(method_cfg["name"], bundle, **dict(method_cfg.get("params") or {}))
     metrics = build_metrics(config.get("metrics") or {}, device)
@@ -87,37 +115,58 @@ def run(config: dict[str, Any]) -> RunResult:
     need_gt = any(m.needs_gt_maps for m in metrics)
 
     run_dir = run_directory(config)
-    store = ResultStore(run_dir)
+    store = ResultStore(run_dir, rank=rank)
     if not config.get("resume", True) and store.parts():
-        raise FileExistsError(f"{run_dir} holds results of an earlier run; resume=true continues it, "
-                              f"or delete the folder to start over")
-    states = store.load_states()
-    if states:
-        for metric in metrics:
-            metric.load_state_dict(states[metric.name])
+        raise FileExistsError(
+            f"{run_dir} holds results of an earlier run; resume=true continues it, "
+            f"or delete the folder to start over"
+        )
     done = store.done_ids()
     todo = [i for i, image_id in enumerate(dataset.ids) if image_id not in done]
     if done:
         log.info("resuming %s: %d of %d images already done", run_dir, len(done), len(dataset))
+    todo = todo[rank::world]  # torchrun: each process takes every world-th remaining image
 
-    loader = DataLoader(Subset(dataset, todo), batch_size=int(config.get("batch_size", 16)),
-                        num_workers=int(config.get("num_workers", 0)), collate_fn=collate_samples,
-                        pin_memory=device.type == "cuda")
-    for batch in tqdm(loader, desc=run_name(config), unit="batch", disable=not config.get("progress", True)):
+    loader = DataLoader(
+        Subset(dataset, todo),
+        batch_size=int(config.get("batch_size", 16)),
+        num_workers=int(config.get("num_workers", 0)),
+        collate_fn=collate_samples,
+        pin_memory=device.type == "cuda",
+    )
+    for batch in tqdm(
+        loader, desc=run_name(config), unit="batch", disable=not config.get("progress", True) or rank != 0
+    ):
         samples = [s for s in batch if isinstance(s, Sample)]
         rows: list[dict[str, Any]] = [
             {"image_id": s.image_id, "status": "skipped", "error": s.reason}
-            for s in batch if isinstance(s, SkippedImage)
+            for s in batch
+            if isinstance(s, SkippedImage)
         ]
+        for metric in metrics:
+            metric.reset()  # each part stores its own batch's state; the run's state is their sum
         if samples:
             rows += evaluate_batch(samples, bundle, explainer, metrics, topk, need_gt, device)
         store.append(rows, {m.name: m.state_dict() for m in metrics})
 
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every shard's parts are on disk before rank 0 sums them
+        if rank != 0:
+            return RunResult(run_dir=run_dir, metrics={}, mlflow_run_id=None)
+    states = store.load_states()
+    for metric in metrics:
+        if states is None:
+            metric.reset()
+        else:
+            metric.load_state_dict(states[metric.name])
     return finish(config, run_dir, store, metrics, bundle, explainer, dataset, time.perf_counter() - started)
 
 
-def evaluate_batch(samples: list[Sample], bundle, explainer, metrics, topk: int, need_gt: bool,
-                   device: torch.device) -> list[dict[str, Any]]:
+def evaluate_batch(
+    samples: list[Sample], bundle, explainer, metrics, topk: int, need_gt: bool, device: torch.device
+) -> list[dict[str, Any]]:
     inputs = bundle.preprocess([s.image for s in samples], device)
     pred = explainer.explain(inputs, TopK(topk))
     gt_classes = gt_maps = None
@@ -125,13 +174,27 @@ def evaluate_batch(samples: list[Sample], bundle, explainer, metrics, topk: int,
         gt_classes = _gt_targets(samples, device)
         # Padding (-1) is explained as class 0 and ignored by the metrics through gt_classes.
         gt_maps = explainer.explain(inputs, gt_classes.clamp_min(0)).maps
-    eval_batch = EvalBatch(samples=samples, inputs=inputs, logits=pred.logits, pred_classes=pred.classes,
-                           pred_maps=pred.maps, explainer=explainer, bundle=bundle,
-                           gt_classes=gt_classes, gt_maps=gt_maps)
+    eval_batch = EvalBatch(
+        samples=samples,
+        inputs=inputs,
+        logits=pred.logits,
+        pred_classes=pred.classes,
+        pred_maps=pred.maps,
+        explainer=explainer,
+        bundle=bundle,
+        gt_classes=gt_classes,
+        gt_maps=gt_maps,
+    )
     probs = pred.logits.softmax(-1).gather(1, pred.classes).cpu()
     rows = [
-        {"image_id": s.image_id, "status": "ok", "error": None, "labels": list(s.labels),
-         "pred_top5": pred.classes[i, :5].cpu().tolist(), "pred_top5_prob": probs[i, :5].tolist()}
+        {
+            "image_id": s.image_id,
+            "status": "ok",
+            "error": None,
+            "labels": list(s.labels),
+            "pred_top5": pred.classes[i, :5].cpu().tolist(),
+            "pred_top5_prob": probs[i, :5].tolist(),
+        }
         for i, s in enumerate(samples)
     ]
     for metric in metrics:
@@ -140,8 +203,9 @@ def evaluate_batch(samples: list[Sample], bundle, explainer, metrics, topk: int,
     return rows
 
 
-def finish(config, run_dir: Path, store: ResultStore, metrics, bundle, explainer, dataset,
-           seconds: float) -> RunResult:
+def finish(
+    config, run_dir: Path, store: ResultStore, metrics, bundle, explainer, dataset, seconds: float
+) -> RunResult:
     table = store.table()
     skipped = table[table["status"] == "skipped"] if len(table) else table
     values: dict[str, float] = {}
@@ -155,8 +219,9 @@ def finish(config, run_dir: Path, store: ResultStore, metrics, bundle, explainer
     table.to_csv(run_dir / "per_image.csv", index=False)
     if len(skipped):
         skipped[["image_id", "error"]].to_csv(run_dir / "skipped.csv", index=False)
-        log.warning("%d image(s) could not be read and were skipped; list: %s", len(skipped),
-                    run_dir / "skipped.csv")
+        log.warning(
+            "%d image(s) could not be read and were skipped; list: %s", len(skipped), run_dir / "skipped.csv"
+        )
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     draw_examples(config, run_dir, table, bundle, explainer, dataset)
 
@@ -166,10 +231,17 @@ def finish(config, run_dir: Path, store: ResultStore, metrics, bundle, explainer
         "run_name": run_name(config),
         "experiment": config.get("experiment") or f"{config['dataset']['name']}/{config['model']['name']}",
         "tracking_uri": config.get("tracking_uri"),
-        "tags": {"method": method, "method_family": family, "paper": paper, "model": bundle.name,
-                 "dataset": config["dataset"]["name"], "weights": str(bundle.weights),
-                 "target_layer": str(bundle.target_layer), "evalcam_version": __version__,
-                 "device": str(bundle.device)},
+        "tags": {
+            "method": method,
+            "method_family": family,
+            "paper": paper,
+            "model": bundle.name,
+            "dataset": config["dataset"]["name"],
+            "weights": str(bundle.weights),
+            "target_layer": str(bundle.target_layer),
+            "evalcam_version": __version__,
+            "device": str(bundle.device),
+        },
         "params": flatten(config),
         "metrics": values,
     }
@@ -180,8 +252,12 @@ def finish(config, run_dir: Path, store: ResultStore, metrics, bundle, explainer
         try:
             run_id = log_run_dir(run_dir, config.get("tracking_uri"))
         except (TrackingUnavailable, OSError) as err:
-            log.error("%s. Results are saved in %s; log them later with: python -m evalcam log %s",
-                      err, run_dir, run_dir)
+            log.error(
+                "%s. Results are saved in %s; log them later with: python -m evalcam log %s",
+                err,
+                run_dir,
+                run_dir,
+            )
     return RunResult(run_dir=run_dir, metrics=values, mlflow_run_id=run_id)
 
 
@@ -205,6 +281,13 @@ def draw_examples(config, run_dir: Path, table: pd.DataFrame, bundle, explainer,
         box = record.get("weak_loc.top1_box") if hasattr(record, "get") else None
         name = bundle.categories[cls] if cls < len(bundle.categories) else str(cls)
         gt = [b.tolist() for c in sample.labels for b in sample.boxes.get(c, [])]
-        rows.append(ExampleRow(image=sample.image, cam=explanation.maps[0, 0], title=f"{sample.image_id}: {name}",
-                               pred_box=None if box is None else list(box), gt_boxes=gt))
+        rows.append(
+            ExampleRow(
+                image=sample.image,
+                cam=explanation.maps[0, 0],
+                title=f"{sample.image_id}: {name}",
+                pred_box=None if box is None else list(box),
+                gt_boxes=gt,
+            )
+        )
     example_grid(rows, run_dir / "examples.png", suptitle=run_name(config))

@@ -42,6 +42,10 @@ def photos() -> dict[str, torch.Tensor]:
     from evalcam.data.base import uint8_rgb
     from evalcam.data.sample import load_source
 
-    sources = {"chelsea": "skimage:chelsea", "coffee": "skimage:coffee",
-               "grace_hopper": "matplotlib:grace_hopper.jpg", "china": "sklearn:china.jpg"}
+    sources = {
+        "chelsea": "skimage:chelsea",
+        "coffee": "skimage:coffee",
+        "grace_hopper": "matplotlib:grace_hopper.jpg",
+        "china": "sklearn:china.jpg",
+    }
     return {name: uint8_rgb(load_source(src)) for name, src in sources.items()}

@@ -1,0 +1,154 @@
+"""The Grad-CAM paper's weak-localization protocol on hand-built maps and boxes with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from evalcam.data.types import Sample
+from evalcam.metrics.base import EvalBatch
+from evalcam.metrics.boxes import box_iou, largest_component_box
+from evalcam.metrics.localization import WeakLocalization, map_to_box
+
+
+def test_largest_component_box_picks_the_biggest_segment():
+    mask = np.zeros((10, 12), dtype=bool)
+    mask[1:3, 1:3] = True  # 4 px
+    mask[5:9, 6:11] = True  # 20 px
+    assert largest_component_box(mask) == (6, 5, 10, 8)
+
+
+def test_diagonal_pixels_are_one_segment():
+    mask = np.zeros((6, 6), dtype=bool)
+    for i in range(4):
+        mask[i, i] = True  # a diagonal line: one 8-connected segment of 4 px
+    mask[5, 0] = mask[5, 1] = True  # 2 px elsewhere
+    assert largest_component_box(mask) == (0, 0, 3, 3)
+
+
+def test_tie_goes_to_first_segment_in_raster_order():
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[5:7, 0:2] = True  # 4 px, lower left
+    mask[0:2, 5:7] = True  # 4 px, upper right: first in row-major scan
+    assert largest_component_box(mask) == (5, 0, 6, 1)
+
+
+def test_empty_mask_has_no_box():
+    assert largest_component_box(np.zeros((4, 4), dtype=bool)) is None
+
+
+def test_threshold_is_fifteen_percent_of_max():
+    cam = torch.zeros(10, 10)
+    cam[2:4, 2:4] = 1.0
+    cam[6:9, 6:9] = 0.16  # above 15% of max: 9 px, bigger than the peak's 4 px
+    assert map_to_box(cam, 0.15) == (6, 6, 8, 8)
+    cam[6:9, 6:9] = 0.14  # below: only the peak survives
+    assert map_to_box(cam, 0.15) == (2, 2, 3, 3)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(5, 5), torch.full((5, 5), float("nan")), -torch.ones(5, 5)])
+def test_degenerate_maps_give_no_box(bad):
+    assert map_to_box(bad, 0.15) is None
+
+
+def test_iou_uses_inclusive_pixels():
+    box = torch.tensor([0.0, 0.0, 9.0, 9.0])  # 100 px
+    others = torch.tensor([[0.0, 0.0, 9.0, 9.0], [5.0, 0.0, 14.0, 9.0], [10.0, 10.0, 19.0, 19.0]])
+    iou = box_iou(box, others)
+    assert iou[0] == 1.0
+    assert iou[1] == pytest.approx(50 / 150)
+    assert iou[2] == 0.0
+
+
+def _batch(samples, classes, maps):
+    return EvalBatch(
+        samples=samples,
+        inputs=torch.zeros(len(samples), 3, 8, 8),
+        logits=torch.zeros(len(samples), 10),
+        pred_classes=torch.tensor(classes),
+        pred_maps=maps,
+        explainer=None,
+        bundle=None,
+    )
+
+
+def _sample(image_id, label, box, size=(20, 20)):
+    return Sample(
+        image=torch.zeros(3, *size, dtype=torch.uint8),
+        image_id=image_id,
+        labels=[label],
+        boxes={label: torch.tensor([box], dtype=torch.float32)},
+        difficult={label: torch.tensor([False])},
+        orig_size=size,
+    )
+
+
+def _blob(y0, x0, y1, x1, size=20):
+    cam = torch.zeros(size, size)
+    cam[y0 : y1 + 1, x0 : x1 + 1] = 1.0
+    return cam
+
+
+def test_table1_errors_on_known_cases():
+    """Four images whose outcomes are known, checked against the Table 1 definitions."""
+    k = 5
+    samples = [
+        _sample("a", 1, [2, 2, 9, 9]),  # top-1 right class, box right -> all correct
+        _sample("b", 2, [2, 2, 9, 9]),  # top-1 right class, box wrong; 2nd guess same class absent
+        _sample("c", 3, [10, 10, 19, 19]),  # top-1 wrong class, class 3 at rank 3 with a good box
+        _sample("d", 4, [0, 0, 5, 5]),  # class never predicted
+    ]
+    classes = [[1, 5, 6, 7, 8], [2, 5, 6, 7, 8], [5, 6, 3, 7, 8], [5, 6, 7, 8, 9]]
+    maps = torch.zeros(4, k, 20, 20)
+    maps[0, 0] = _blob(2, 2, 9, 9)
+    maps[1, 0] = _blob(12, 12, 19, 19)
+    maps[2, 0] = _blob(10, 10, 19, 19)  # a wrong class's map on the right place does not count
+    maps[2, 2] = _blob(10, 10, 19, 19)
+    maps[3, :] = _blob(0, 0, 5, 5)
+    metric = WeakLocalization(threshold=0.15, iou=0.5, topk=k)
+    records = metric.update(_batch(samples, classes, maps))
+    out = metric.compute()
+    assert out["top1_cls_error"] == pytest.approx(2 / 4)  # c, d
+    assert out["top5_cls_error"] == pytest.approx(1 / 4)  # d
+    assert out["top1_loc_error"] == pytest.approx(3 / 4)  # only a
+    assert out["top5_loc_error"] == pytest.approx(2 / 4)  # a and c localize within top-5
+    assert [r["weak_loc.top1_loc_ok"] for r in records] == [True, False, False, False]
+    assert records[0]["weak_loc.top1_box"] == [2, 2, 9, 9]
+    assert records[0]["weak_loc.top1_iou"] == pytest.approx(1.0)
+
+
+def test_maps_are_upsampled_to_image_size():
+    """A 4x4 map with one hot quadrant on a 40x40 image localizes that quadrant (bilinear upsampling)."""
+    sample = _sample("q", 1, [20, 0, 39, 19], size=(40, 40))
+    cam = torch.zeros(1, 1, 4, 4)
+    cam[0, 0, 0:2, 2:4] = 1.0
+    metric = WeakLocalization(topk=1)
+    record = metric.update(_batch([sample], [[1]], cam))[0]
+    assert record["weak_loc.top1_loc_ok"]
+    assert record["weak_loc.top1_iou"] > 0.7
+
+
+def test_degenerate_map_counts_as_failure_not_nan():
+    sample = _sample("z", 1, [0, 0, 9, 9])
+    metric = WeakLocalization(topk=1)
+    metric.update(_batch([sample], [[1]], torch.full((1, 1, 20, 20), float("nan"))))
+    out = metric.compute()
+    assert out["top1_loc_error"] == 1.0
+    assert out["degenerate_maps"] == 1.0
+
+
+def test_merged_halves_equal_one_accumulator():
+    samples = [_sample(str(i), 1, [2, 2, 9, 9]) for i in range(4)]
+    maps = torch.stack([_blob(2, 2, 9, 9), _blob(12, 12, 19, 19), _blob(2, 2, 8, 8), _blob(0, 0, 19, 19)])[
+        :, None
+    ]
+    whole = WeakLocalization(topk=1)
+    whole.update(_batch(samples, [[1]] * 4, maps))
+    first, second = WeakLocalization(topk=1), WeakLocalization(topk=1)
+    first.update(_batch(samples[:2], [[1]] * 2, maps[:2]))
+    second.update(_batch(samples[2:], [[1]] * 2, maps[2:]))
+    first.merge(second)
+    assert first.compute() == whole.compute()
+    first.reset()
+    assert first.compute()["images"] == 0.0
