@@ -11,7 +11,8 @@ commands:
   run [overrides]      evaluate a method (Hydra overrides; -m for sweeps), e.g. method=gradcam dataset=sample
   log RUN_DIR          log a finished run directory to MLflow (after the tracking server was unreachable)
   layers [model=NAME]  list a model's layers usable as model.target_layer
-  ui [--port N]        start the MLflow UI on 127.0.0.1 for the local store
+  ui [--port N] [--backend-store-uri URI]
+                       start the MLflow UI on 127.0.0.1 for the store `run` logs to
 """
 
 
@@ -48,12 +49,9 @@ def _layers(argv: list[str]) -> None:
 
 
 def _ui(argv: list[str]) -> None:
-    import subprocess
+    from evalcam.ui import serve
 
-    port = argv[argv.index("--port") + 1] if "--port" in argv else "5000"
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", port]
-    print("starting:", " ".join(cmd))
-    raise SystemExit(subprocess.call(cmd))
+    raise SystemExit(serve(argv))
 
 
 def main(argv: list[str] | None = None) -> None:

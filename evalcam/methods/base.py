@@ -1,7 +1,8 @@
 """Explainer API: ``explainer(images, targets) -> maps``.
 
 A map is stored at the target layer's resolution ``[B, h, w]`` (``[B, K, h, w]`` for ``K`` targets per
-image); :func:`evalcam.maps.upsample` brings it to any image size on demand.
+image); :func:`evalcam.maps.upsample` brings it to any image size on demand. Input-gradient methods
+(Backprop, Guided Backprop, Guided Grad-CAM) return maps at the network input's resolution.
 
 ``targets`` may be
 - an int tensor / list ``[B]`` of class indices (one map per image),
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,9 @@ class Explanation:
     maps: torch.Tensor  # [B, K, h, w], float32, on the model's device
     logits: torch.Tensor  # [B, num_classes] from the forward pass that produced the maps
     classes: torch.Tensor | None  # [B, K] class indices explained (None for callable targets)
+    # Method-specific by-products, e.g. "rgb": the full input gradient [B, K, 3, H, W] of the
+    # input-resolution methods (Figure 1 of the Grad-CAM paper shows it in colour).
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def resolve_targets(targets: Targets, logits: torch.Tensor) -> tuple[torch.Tensor | None, list[TargetFn]]:
@@ -96,14 +100,36 @@ def capture_activations(model: nn.Module, layers: Sequence[str]) -> Iterator[_St
             handle.remove()
 
 
+_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def parse_autocast(value: torch.dtype | str | None) -> torch.dtype | None:
+    """``None``/"none"/"fp32" (full precision), "bf16"/"bfloat16", "fp16"/"float16", or a torch dtype."""
+    if value is None or isinstance(value, torch.dtype):
+        return None if value in (None, torch.float32) else value
+    key = str(value).lower()
+    if key in ("none", "null", "fp32", "float32", "false", ""):
+        return None
+    if key not in _DTYPES:
+        raise ValueError(f"unknown autocast dtype {value!r}; use one of: none, {', '.join(_DTYPES)}")
+    return _DTYPES[key]
+
+
 class Explainer:
     """Base for every method. Subclasses implement :meth:`explain`."""
 
     name = "explainer"
 
-    def __init__(self, model: nn.Module, autocast: torch.dtype | None = None) -> None:
+    def __init__(self, model: nn.Module, autocast: torch.dtype | str | None = None) -> None:
         self.model = model
-        self.autocast = autocast
+        # Mixed precision for the network's passes only; map arithmetic always runs in float32.
+        self.autocast = parse_autocast(autocast)
 
     @property
     def device(self) -> torch.device:
@@ -113,6 +139,10 @@ class Explainer:
         if self.autocast is None:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast)
+
+    def _full_precision(self):
+        """Undo an enclosing autocast (SVD and eps-guarded divisions are not safe in half precision)."""
+        return torch.autocast(device_type=self.device.type, enabled=False)
 
     def explain(self, images: torch.Tensor, targets: Targets) -> Explanation:
         raise NotImplementedError
@@ -142,15 +172,21 @@ class CAMExplainer(Explainer):
         self,
         model: nn.Module,
         target_layer: str | Sequence[str],
-        reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        reshape: Callable[[torch.Tensor], torch.Tensor] | str | None = None,
         relu: bool = True,
-        autocast: torch.dtype | None = None,
+        autocast: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(model, autocast)
         layers = target_layer.split(",") if isinstance(target_layer, str) else list(target_layer)
         self.layers = [name.strip() for name in layers]
         for name in self.layers:
             resolve_layer(model, name)
+        # ``reshape`` turns a layer's raw output into [B, C, h, w] (e.g. ViT tokens); a string names one
+        # of :data:`evalcam.methods.reshape.RESHAPES` so configs can select it.
+        if isinstance(reshape, str):
+            from evalcam.methods.reshape import get_reshape
+
+            reshape = get_reshape(reshape)
         self.reshape = reshape
         self.relu = relu
 
@@ -172,22 +208,28 @@ class CAMExplainer(Explainer):
 
     def explain(self, images: torch.Tensor, targets: Targets) -> Explanation:
         images = images.to(self.device)
-        with capture_activations(self.model, self.layers) as store, torch.enable_grad(), self._autocast():
+        if self.needs_gradients:
+            # Keeps the graph alive even when every parameter is frozen; autograd.grad below only
+            # differentiates down to the hooked activations, never to the input.
+            images = images.detach().requires_grad_(True)
+        grad_mode = torch.enable_grad() if self.needs_gradients else torch.no_grad()
+        with capture_activations(self.model, self.layers) as store, grad_mode, self._autocast():
             logits = self.model(images)
             classes, score_fns = resolve_targets(targets, logits)
             acts = [store.activations[name] for name in self.layers]
-            columns = []
+            per_column = []
             for k, score_fn in enumerate(score_fns):
                 scores = score_fn(logits)
                 grads: Sequence[torch.Tensor | None] = [None] * len(acts)
                 if self.needs_gradients:
                     grads = torch.autograd.grad(scores.sum(), acts, retain_graph=k < len(score_fns) - 1)
+                per_column.append((scores.detach().float(), grads))
+        acts = [self._spatial(a.detach()).float() for a in acts]
+        columns = []
+        with self._full_precision():
+            for scores, grads in per_column:
                 per_layer = [
-                    self.combine(
-                        self._spatial(a.detach()).float(),
-                        None if g is None else self._spatial(g).float(),
-                        scores.detach().float(),
-                    )
+                    self.combine(a, None if g is None else self._spatial(g).float(), scores)
                     for a, g in zip(acts, grads, strict=True)
                 ]
                 columns.append(merge_layers(per_layer))

@@ -36,8 +36,9 @@ class _InputFreeExplainer(Explainer):
 class CenterBaseline(_InputFreeExplainer):
     name = "center"
 
-    def __init__(self, model: torch.nn.Module, map_size: tuple[int, int] = (7, 7), sigma: float = 0.25,
-                 **kw: object) -> None:
+    def __init__(
+        self, model: torch.nn.Module, map_size: tuple[int, int] = (7, 7), sigma: float = 0.25, **kw: object
+    ) -> None:
         super().__init__(model, map_size)
         self.sigma = sigma
 
@@ -52,14 +53,17 @@ class CenterBaseline(_InputFreeExplainer):
 class RandomBaseline(_InputFreeExplainer):
     name = "random"
 
-    def __init__(self, model: torch.nn.Module, map_size: tuple[int, int] = (7, 7), seed: int = 0,
-                 **kw: object) -> None:
+    def __init__(
+        self, model: torch.nn.Module, map_size: tuple[int, int] = (7, 7), seed: int = 0, **kw: object
+    ) -> None:
         super().__init__(model, map_size)
         self.seed = seed
 
     def explain(self, images: torch.Tensor, targets: Targets) -> Explanation:
         # Per-image seeds from quantized pixel content; drawn on CPU generators for device independence.
-        self._seeds = (images.detach().mul(64).round().long().flatten(1).sum(1) * 1_000_003 + self.seed).tolist()
+        self._seeds = (
+            images.detach().mul(64).round().long().flatten(1).sum(1) * 1_000_003 + self.seed
+        ).tolist()
         return super().explain(images, targets)
 
     def baseline_maps(self, batch: int, columns: int, device: torch.device) -> torch.Tensor:

@@ -43,8 +43,9 @@ def best_iou(box: tuple[int, int, int, int] | None, gt: torch.Tensor | None) -> 
 class WeakLocalization(Metric):
     name = "weak_loc"
 
-    def __init__(self, device: torch.device | str = "cpu", threshold: float = 0.15, iou: float = 0.5,
-                 topk: int = 5) -> None:
+    def __init__(
+        self, device: torch.device | str = "cpu", threshold: float = 0.15, iou: float = 0.5, topk: int = 5
+    ) -> None:
         super().__init__(device)
         self.threshold, self.iou, self.topk = float(threshold), float(iou), int(topk)
         self.pred_topk = self.topk
@@ -69,18 +70,24 @@ class WeakLocalization(Metric):
             top1_loc = bool(loc_hits[0])
             topk_loc = any(loc_hits)
             for state, value in (
-                ("images", 1), ("top1_cls", hits_cls[0]), ("topk_cls", any(hits_cls)),
-                ("top1_loc", top1_loc), ("topk_loc", topk_loc), ("degenerate", degenerate),
+                ("images", 1),
+                ("top1_cls", hits_cls[0]),
+                ("topk_cls", any(hits_cls)),
+                ("top1_loc", top1_loc),
+                ("topk_loc", topk_loc),
+                ("degenerate", degenerate),
             ):
                 setattr(self, state, getattr(self, state) + float(value))
-            records.append({
-                "weak_loc.top1_box": list(boxes[0]) if boxes[0] is not None else None,
-                "weak_loc.top1_iou": ious[0],
-                "weak_loc.top1_cls_ok": hits_cls[0],
-                "weak_loc.top5_cls_ok": any(hits_cls),
-                "weak_loc.top1_loc_ok": top1_loc,
-                "weak_loc.top5_loc_ok": topk_loc,
-            })
+            records.append(
+                {
+                    "weak_loc.top1_box": list(boxes[0]) if boxes[0] is not None else None,
+                    "weak_loc.top1_iou": ious[0],
+                    "weak_loc.top1_cls_ok": hits_cls[0],
+                    "weak_loc.top5_cls_ok": any(hits_cls),
+                    "weak_loc.top1_loc_ok": top1_loc,
+                    "weak_loc.top5_loc_ok": topk_loc,
+                }
+            )
         return records
 
     def compute(self) -> dict[str, float]:

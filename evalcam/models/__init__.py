@@ -43,13 +43,37 @@ def _lite2(**kw: Any) -> ModelBundle:
     return load_efficientnet_lite(2, **kw)
 
 
+def _register_torchvision() -> None:
+    from evalcam.models.torchvision_models import ARCHITECTURES, builder
+
+    for arch in ARCHITECTURES:
+        register_model(arch)(builder(arch))
+
+
+_register_torchvision()
+
+
+@register_model("custom")
+def _custom(**kw: Any) -> ModelBundle:
+    from evalcam.models.custom import load_custom
+
+    return load_custom(**kw)
+
+
 def load_model(name: str, device: str | torch.device = "cpu", target_layer: str | None = None, **kw: Any):
     """Build model ``name`` on ``device`` and check its target layer exists."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
     bundle = MODELS[name](**kw)
-    if target_layer:
+    if target_layer and target_layer != "???":  # "???": OmegaConf's unset-mandatory marker
         bundle.target_layer = target_layer
+    if not bundle.target_layer or bundle.target_layer == "???":
+        from evalcam.models.layers import conv_like_layers
+
+        raise ValueError(
+            f"model {name!r} has no default target layer: set model.target_layer=NAME "
+            f"(e.g. {', '.join(conv_like_layers(bundle.model)[:5])})"
+        )
     for layer in str(bundle.target_layer).split(","):
         resolve_layer(bundle.model, layer.strip())
     bundle.model.to(device).eval()

@@ -1,0 +1,159 @@
+"""Deletion and insertion (Petsiuk, Das & Saenko, "RISE: Randomized Input Sampling for Explanation of
+Black-box Models", BMVC 2018; protocol of the authors' ``evaluation.py`` ``CausalMetric``).
+
+For the top-1 predicted class ``c`` of each image, the method's map is upsampled bilinearly to the network
+input and pixels are ordered by decreasing saliency. Starting from ``start``, ``step`` pixels (all
+channels) at a time are replaced by the corresponding pixels of ``finish``, for ``n = ceil(H*W / step)``
+steps; the class probability is read before the first and after every step (``n + 1`` points):
+
+- **deletion**: ``start`` = the image, ``finish`` = the substrate (RISE: ``torch.zeros_like`` of the
+  normalized input, i.e. the mean colour; ``"black"`` is also available); lower AUC is better;
+- **insertion**: ``start`` = a blurred copy (RISE: Gaussian kernel 11 x 11, sigma 5, built by
+  ``scipy.ndimage.gaussian_filter`` of a delta, applied per channel with zero padding), ``finish`` = the
+  image; higher AUC is better.
+
+AUC is the trapezoid rule on the uniform grid ``x = i / n`` (RISE's ``auc``:
+``(sum - first/2 - last/2) / n``). Defaults follow RISE (``step`` = 224, probabilities); ``score="logit"``
+is available. Ties in saliency are broken by raster order (RISE's unstable argsort leaves them arbitrary),
+so results are deterministic. Degenerate maps (NaN/Inf or constant) carry no order: they are treated as
+constant (pure raster order) and counted in ``degenerate_maps``. The ``n + 1`` perturbed copies of each
+image are generated on the fly and scored ``chunk_size`` at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+
+from evalcam.maps import upsample
+from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
+from evalcam.metrics.perturb import fill_value, model_of, normalization, scores_of_items
+
+
+def curve_auc(scores: torch.Tensor) -> torch.Tensor:
+    """RISE's normalized AUC of curves ``[..., n + 1]`` sampled at ``x = 0, 1/n, ..., 1``."""
+    n = scores.shape[-1] - 1
+    if n < 1:
+        raise ValueError("a deletion/insertion curve needs at least two points")
+    return (scores.sum(-1) - scores[..., 0] / 2 - scores[..., -1] / 2) / n
+
+
+def gaussian_kernel(size: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """RISE's ``gkern``: ``gaussian_filter`` of a centred delta (so the tails fold back in, 'reflect')."""
+    delta = np.zeros((size, size))
+    delta[size // 2, size // 2] = 1
+    return torch.from_numpy(gaussian_filter(delta, sigma).astype(np.float32))
+
+
+def blur(inputs: torch.Tensor, size: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """Per-channel Gaussian blur of ``[B, C, H, W]`` with zero padding (RISE's insertion substrate)."""
+    channels = inputs.shape[1]
+    kernel = gaussian_kernel(size, sigma).to(inputs.device, inputs.dtype)
+    weight = kernel.expand(channels, 1, size, size).contiguous()
+    return F.conv2d(inputs, weight, padding=size // 2, groups=channels)
+
+
+def saliency_rank(cams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position of every pixel in decreasing-saliency order ``[B, H*W]`` (0 = most salient), and a
+    ``[B]`` flag of degenerate maps (ranked by raster order)."""
+    flat = cams.flatten(1).double()
+    degenerate = ~torch.isfinite(flat).all(1) | ~(flat.amax(1) > flat.amin(1))
+    flat = torch.where(degenerate[:, None], torch.zeros_like(flat), flat)
+    order = torch.argsort(-flat, dim=1, stable=True)
+    rank = torch.empty_like(order)
+    positions = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
+    rank.scatter_(1, order, positions)
+    return rank, degenerate
+
+
+class CausalMetric(Metric):
+    """Deletion or insertion game; the registered metrics are :class:`Deletion` and :class:`Insertion`."""
+
+    pred_topk = 1
+    mode = "deletion"
+
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        step: int = 224,
+        substrate: str | float | None = None,
+        blur_size: int = 11,
+        blur_sigma: float = 5.0,
+        score: str = "prob",
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__(device)
+        self.step = int(step)
+        if self.step < 1:
+            raise ValueError(f"step must be >= 1 pixel; got {step}")
+        self.substrate = (
+            substrate if substrate is not None else ("zero" if self.mode == "deletion" else "blur")
+        )
+        self.blur_size, self.blur_sigma = int(blur_size), float(blur_sigma)
+        self.score, self.chunk_size = score, int(chunk_size)
+        for state in ("auc_sum", "images", "degenerate"):
+            self.add_state(state, torch.zeros((), dtype=torch.float64))
+
+    def substrate_of(self, batch: EvalBatch) -> torch.Tensor:
+        if self.substrate == "blur":
+            return blur(batch.inputs, self.blur_size, self.blur_sigma)
+        mean, std = normalization(batch)
+        return fill_value(self.substrate, mean, std).expand_as(batch.inputs)
+
+    def curves(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores ``[B, n + 1]`` of the top-1 class along the game, and the degenerate-map flags."""
+        inputs = batch.inputs
+        height, width = inputs.shape[-2:]
+        substrate = self.substrate_of(batch)
+        start, finish = (inputs, substrate) if self.mode == "deletion" else (substrate, inputs)
+        cams = upsample(batch.pred_maps[:, 0].to(inputs.device), (int(height), int(width)))
+        rank, degenerate = saliency_rank(cams)
+        rank = rank.view(-1, 1, height, width)
+        points = math.ceil(height * width / self.step) + 1
+        classes = batch.pred_classes[:, 0].to(inputs.device)
+
+        def inputs_of(lo: int, hi: int) -> torch.Tensor:
+            index = torch.arange(lo, hi, device=inputs.device)
+            image, k = index // points, index % points
+            changed = rank[image] < (k * self.step).view(-1, 1, 1, 1)
+            return torch.where(changed, finish[image], start[image])
+
+        item_classes = classes.repeat_interleave(points)
+        scores = scores_of_items(
+            model_of(batch), len(item_classes), inputs_of, item_classes, self.score, self.chunk_size
+        )
+        return scores.view(-1, points), degenerate
+
+    def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
+        scores, degenerate = self.curves(batch)
+        auc = curve_auc(scores)
+        self.auc_sum = self.auc_sum + auc.sum().to(self.device)
+        self.images = self.images + len(auc)
+        self.degenerate = self.degenerate + degenerate.sum().to(self.device)
+        key = self.name
+        return [
+            {f"{key}.auc": float(a), f"{key}.score_start": float(s[0]), f"{key}.score_end": float(s[-1])}
+            for a, s in zip(auc.tolist(), scores.tolist(), strict=True)
+        ]
+
+    def compute(self) -> dict[str, float]:
+        return {
+            "auc": safe_ratio(self.auc_sum, self.images),
+            "images": float(self.images),
+            "degenerate_maps": float(self.degenerate),
+        }
+
+
+class Deletion(CausalMetric):
+    name = "deletion"
+    mode = "deletion"
+
+
+class Insertion(CausalMetric):
+    name = "insertion"
+    mode = "insertion"

@@ -1,0 +1,136 @@
+"""Faithfulness as rank correlation with occlusion sensitivity (Grad-CAM paper, Selvaraju et al. ICCV 2017,
+"Faithfulness vs. Interpretability": rank correlation between the method's map and patch-occlusion maps,
+the occlusion map being the drop in the class score when a patch is masked; Zeiler & Fergus 2014).
+
+For the top-1 predicted class ``c`` of each image:
+
+1. every ``patch_size`` x ``patch_size`` window on a ``stride`` grid of the network input is filled with
+   ``fill`` (default: the mean colour, 0 in normalized input space); the grid's last row/column is
+   aligned to the border so every pixel is covered;
+2. ``drop = score_c(image) - score_c(occluded)`` with ``score`` the pre-softmax class score (``logit``,
+   as in Grad-CAM) or the softmax probability (``prob``);
+3. the occlusion map at a pixel is the mean drop of the windows covering it (captum ``Occlusion``'s
+   convention);
+4. the method's map is upsampled bilinearly to the input and the Spearman rank correlation (average ranks
+   for ties, ``scipy.stats.spearmanr``) over all pixels is the image's score; ``spearman`` is the mean.
+
+The paper does not state the patch size or stride; both are parameters (defaults 45 and 15 px on a
+224 px input). Occluded copies are scored in chunks of ``chunk_size`` images per forward.
+A constant or non-finite map (method or occlusion) has no ranking: it scores 0 and is counted in
+``degenerate_maps`` (see :mod:`evalcam.metrics.stats`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from evalcam.maps import upsample
+from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
+from evalcam.metrics.perturb import class_scores, fill_value, model_of, normalization, scores_of_items
+from evalcam.metrics.stats import spearman
+
+
+def patch_origins(length: int, patch: int, stride: int) -> list[int]:
+    """Window starts along one axis: every ``stride`` px, plus one flush with the far border."""
+    patch = min(int(patch), length)
+    starts = list(range(0, length - patch + 1, max(1, int(stride))))
+    if starts[-1] != length - patch:
+        starts.append(length - patch)
+    return starts
+
+
+def occlusion_windows(size: tuple[int, int], patch: int, stride: int, device: torch.device) -> torch.Tensor:
+    """Bool ``[P, H, W]``: one mask per occlusion window, in raster order of their top-left corners."""
+    height, width = size
+    ph, pw = min(patch, height), min(patch, width)
+    windows = []
+    for y in patch_origins(height, patch, stride):
+        for x in patch_origins(width, patch, stride):
+            w = torch.zeros(height, width, dtype=torch.bool, device=device)
+            w[y : y + ph, x : x + pw] = True
+            windows.append(w)
+    return torch.stack(windows)
+
+
+def occlusion_map(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    classes: torch.Tensor,
+    windows: torch.Tensor,
+    fill: torch.Tensor,
+    score: str = "logit",
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """``[B, H, W]`` mean drop of ``score`` of ``classes`` over the occlusion windows covering each pixel."""
+    count = windows.shape[0]
+    with torch.no_grad():
+        clean = class_scores(model(inputs), classes, score).double()
+
+    def inputs_of(start: int, stop: int) -> torch.Tensor:
+        index = torch.arange(start, stop, device=inputs.device)
+        image, window = index // count, index % count
+        return torch.where(windows[window][:, None], fill, inputs[image])
+
+    item_classes = classes.repeat_interleave(count)
+    occluded = scores_of_items(model, len(item_classes), inputs_of, item_classes, score, chunk_size)
+    drops = clean[:, None] - occluded.view(-1, count).to(clean.device)
+    weights = windows.double()
+    return torch.einsum("bp,phw->bhw", drops, weights) / weights.sum(0).clamp_min(1)
+
+
+class OcclusionFaithfulness(Metric):
+    name = "faithfulness"
+    pred_topk = 1
+
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        patch_size: int = 45,
+        stride: int = 15,
+        fill: str | float = "mean",
+        score: str = "logit",
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__(device)
+        self.patch_size, self.stride = int(patch_size), int(stride)
+        self.fill, self.score, self.chunk_size = fill, score, int(chunk_size)
+        for state in ("spearman_sum", "images", "degenerate"):
+            self.add_state(state, torch.zeros((), dtype=torch.float64))
+
+    def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
+        inputs = batch.inputs
+        size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+        mean, std = normalization(batch)
+        windows = occlusion_windows(size, self.patch_size, self.stride, inputs.device)
+        classes = batch.pred_classes[:, 0].to(inputs.device)
+        occlusion = occlusion_map(
+            model_of(batch),
+            inputs,
+            classes,
+            windows,
+            fill_value(self.fill, mean, std),
+            self.score,
+            self.chunk_size,
+        )
+        cams = upsample(batch.pred_maps[:, 0].to(inputs.device), size)
+        rho, valid = spearman(cams, occlusion)
+        self.spearman_sum = self.spearman_sum + rho.sum().to(self.device)
+        self.images = self.images + len(rho)
+        self.degenerate = self.degenerate + (~valid).sum().to(self.device)
+        return [
+            {
+                "faithfulness.spearman": float(r),
+                "faithfulness.class": int(c),
+                "faithfulness.degenerate": not bool(v),
+            }
+            for r, c, v in zip(rho.tolist(), classes.tolist(), valid.tolist(), strict=True)
+        ]
+
+    def compute(self) -> dict[str, float]:
+        return {
+            "spearman": safe_ratio(self.spearman_sum, self.images),
+            "images": float(self.images),
+            "degenerate_maps": float(self.degenerate),
+        }

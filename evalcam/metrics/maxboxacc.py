@@ -1,0 +1,205 @@
+"""MaxBoxAcc and MaxBoxAccV2 (Choe et al., "Evaluating Weakly Supervised Object Localization Methods Right",
+CVPR 2020; protocol of clovaai/wsolevaluation ``evaluation.py`` / ``inference.py``).
+
+For every ground-truth class of an image (ILSVRC/CUB have one), the class's map (``batch.gt_maps``) is
+resized bicubically to the image (wsolevaluation: ``cv2.resize(..., INTER_CUBIC)``) and min-max normalized
+to [0, 1]. For each CAM threshold ``t`` in ``arange(0, 1, cam_curve_interval)`` the map is binarized the
+way wsolevaluation does it (``uint8(255 * map) > int(255 * t)``, cv2's THRESH_BINARY on the quantized map)
+and boxes are drawn around its 8-connected segments:
+
+- **MaxBoxAcc**: the box of the largest segment; box accuracy at ``t`` is the fraction of (image, class)
+  pairs whose box has IoU >= ``iou`` (δ = 50%) with some GT box of the class; MaxBoxAcc is its maximum
+  over ``t``.
+- **MaxBoxAccV2**: the boxes of *all* segments, a pair counts when the best IoU over (segment box, GT box)
+  is >= δ; MaxBoxAccV2 is the mean over δ in ``iou_thresholds`` (30, 50, 70) of the maximum over ``t``.
+
+State: per-threshold hit counts for every δ, so partial runs merge exactly. ``best_threshold`` is the
+maximizing ``t`` (lowest on ties). Choe et al. pick ``t`` on a held-out split: pass the value found on one
+run as ``fixed_threshold`` to another and the accuracies are read at that threshold instead of maximized.
+
+Differences from wsolevaluation, all deliberate: boxes are tight and inclusive (``[x0, y0, x1, y1]`` with
+``x1`` the last pixel; wsolevaluation's ``x + w`` makes its boxes one pixel wider and taller), segments
+are 8-connected components measured in pixels (wsolevaluation ranks cv2 contours by polygon area and, in
+V2, also lists hole contours), and an empty binarized map yields no box (wsolevaluation scores a 1-pixel
+box at the origin). Accuracies are fractions in [0, 1], not percentages.
+
+Degenerate maps (NaN/Inf or constant): wsolevaluation's ``normalize_scoremap`` turns them into all-zero
+maps, which binarize to nothing at every threshold; here likewise they miss at every threshold and are
+counted in ``degenerate_maps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from evalcam.metrics.base import EvalBatch, Metric
+from evalcam.metrics.boxes import EIGHT_CONNECTED
+from evalcam.metrics.regions import clipped_boxes
+
+
+def resize_map(cam: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    """``[h, w]`` map resized to ``size`` (half-pixel centres, like cv2.resize)."""
+    out = F.interpolate(cam[None, None].float(), size=tuple(size), mode=mode, align_corners=False)
+    return out[0, 0]
+
+
+def quantize(cam: torch.Tensor) -> np.ndarray | None:
+    """wsolevaluation's score map as uint8 ``floor(255 * minmax(cam))``; None for a degenerate map."""
+    cam = cam.detach().float().cpu()
+    if not bool(torch.isfinite(cam).all()):
+        return None
+    lo, hi = cam.min(), cam.max()
+    if not bool(hi > lo):
+        return None
+    normalized = ((cam - lo) / (hi - lo)).numpy().astype(np.float32)
+    return (normalized * np.float32(255)).astype(np.uint8)
+
+
+def segment_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive boxes ``[K, 4]`` and pixel counts ``[K]`` of the 8-connected segments of ``mask``."""
+    labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    if count == 0:
+        return np.zeros((0, 4), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    boxes = np.array(
+        [[s[1].start, s[0].start, s[1].stop - 1, s[0].stop - 1] for s in ndimage.find_objects(labels)],
+        dtype=np.int64,
+    )
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    return boxes, sizes
+
+
+def iou_matrix(boxes: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """IoU ``[K, G]`` of inclusive boxes (areas count pixels: ``(x1 - x0 + 1) * (y1 - y0 + 1)``)."""
+    ix0 = np.maximum(boxes[:, None, 0], gt[None, :, 0])
+    iy0 = np.maximum(boxes[:, None, 1], gt[None, :, 1])
+    ix1 = np.minimum(boxes[:, None, 2], gt[None, :, 2])
+    iy1 = np.minimum(boxes[:, None, 3], gt[None, :, 3])
+    inter = np.clip(ix1 - ix0 + 1, 0, None) * np.clip(iy1 - iy0 + 1, 0, None)
+    area_a = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+    area_b = (gt[:, 2] - gt[:, 0] + 1) * (gt[:, 3] - gt[:, 1] + 1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def best_ious(
+    levels: np.ndarray, quantized: np.ndarray | None, gt: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per threshold level: IoU of the largest segment's box (V1) and best IoU over all segments (V2)."""
+    v1 = np.zeros(len(levels))
+    v2 = np.zeros(len(levels))
+    if quantized is None or len(gt) == 0:
+        return v1, v2
+    cache: dict[int, tuple[float, float]] = {}
+    for t, level in enumerate(levels.tolist()):
+        if level not in cache:
+            boxes, sizes = segment_boxes(quantized > level)
+            if len(boxes) == 0:
+                cache[level] = (0.0, 0.0)
+            else:
+                ious = iou_matrix(boxes, gt).max(1)
+                # argmax takes the lowest label on ties: the first segment in raster order.
+                cache[level] = (float(ious[int(np.argmax(sizes))]), float(ious.max()))
+        v1[t], v2[t] = cache[level]
+    return v1, v2
+
+
+class MaxBoxAcc(Metric):
+    name = "maxboxacc"
+    needs_gt_maps = True
+
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        cam_curve_interval: float = 0.01,
+        iou: int = 50,
+        iou_thresholds: Sequence[int] = (30, 50, 70),
+        fixed_threshold: float | None = None,
+        interpolation: str = "bicubic",
+    ) -> None:
+        super().__init__(device)
+        # np.arange exactly as wsolevaluation, so int(255 * t) gives the same levels.
+        self.thresholds = np.arange(0, 1, float(cam_curve_interval))
+        self.levels = (self.thresholds * 255).astype(np.int64)
+        self.iou = int(iou)
+        self.iou_v2 = [int(d) for d in iou_thresholds]
+        self.deltas = sorted({self.iou, *self.iou_v2})
+        self.fixed_threshold = None if fixed_threshold is None else float(fixed_threshold)
+        if self.fixed_threshold is not None and not 0 <= self.fixed_threshold < 1:
+            raise ValueError(f"fixed_threshold must lie in [0, 1); got {self.fixed_threshold}")
+        self.interpolation = interpolation
+        shape = (len(self.deltas), len(self.thresholds))
+        self.add_state("hits_v1", torch.zeros(shape, dtype=torch.float64))
+        self.add_state("hits_v2", torch.zeros(shape, dtype=torch.float64))
+        for state in ("pairs", "degenerate"):
+            self.add_state(state, torch.zeros((), dtype=torch.float64))
+
+    def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
+        if batch.gt_classes is None or batch.gt_maps is None:
+            raise ValueError("maxboxacc needs maps of the ground-truth classes; none were given")
+        deltas = np.array(self.deltas, dtype=np.float64)[:, None] / 100
+        hits_v1 = np.zeros((len(self.deltas), len(self.thresholds)))
+        hits_v2 = np.zeros_like(hits_v1)
+        pairs = degenerate = 0
+        records = []
+        gt_classes = batch.gt_classes.cpu().tolist()
+        for i, sample in enumerate(batch.samples):
+            best, best_t = [], []
+            for col, cls in enumerate(gt_classes[i]):
+                if cls < 0:
+                    continue
+                gt = clipped_boxes(
+                    sample.boxes.get(cls, torch.zeros(0, 4)), sample.size, rounded=False
+                ).numpy()
+                if len(gt) == 0:
+                    continue  # no box to compare with: not a localization target
+                quantized = quantize(resize_map(batch.gt_maps[i, col], sample.size, self.interpolation))
+                degenerate += quantized is None
+                v1, v2 = best_ious(self.levels, quantized, gt)
+                hits_v1 += v1[None, :] >= deltas
+                hits_v2 += v2[None, :] >= deltas
+                pairs += 1
+                best.append(float(v1.max()))
+                best_t.append(float(self.thresholds[int(np.argmax(v1))]))
+            records.append({"maxboxacc.best_iou": best, "maxboxacc.best_iou_threshold": best_t})
+        self.hits_v1 = self.hits_v1 + torch.from_numpy(hits_v1).to(self.device)
+        self.hits_v2 = self.hits_v2 + torch.from_numpy(hits_v2).to(self.device)
+        self.pairs = self.pairs + pairs
+        self.degenerate = self.degenerate + degenerate
+        return records
+
+    def _index_of(self, threshold: float) -> int:
+        return int(np.argmin(np.abs(self.thresholds - threshold)))
+
+    def compute(self) -> dict[str, float]:
+        n = float(self.pairs)
+        out: dict[str, float] = {"pairs": n, "degenerate_maps": float(self.degenerate)}
+        if n == 0:
+            return {**out, "max_box_acc": float("nan"), "max_box_acc_v2": float("nan")}
+        fixed = None if self.fixed_threshold is None else self._index_of(self.fixed_threshold)
+        curves = {
+            variant: dict(zip(self.deltas, (hits / n).cpu().numpy(), strict=True))
+            for variant, hits in (("v1", self.hits_v1), ("v2", self.hits_v2))
+        }
+
+        def read(curve: np.ndarray) -> float:
+            return float(curve[int(np.argmax(curve)) if fixed is None else fixed])
+
+        def best(curve: np.ndarray) -> float:
+            return float(self.thresholds[int(np.argmax(curve))])  # lowest maximizing threshold
+
+        out["max_box_acc"] = read(curves["v1"][self.iou])
+        out["best_threshold"] = best(curves["v1"][self.iou])
+        for delta in self.deltas:
+            out[f"max_box_acc_iou{delta}"] = read(curves["v1"][delta])
+        for delta in self.iou_v2:
+            out[f"max_box_acc_v2_iou{delta}"] = read(curves["v2"][delta])
+            out[f"best_threshold_v2_iou{delta}"] = best(curves["v2"][delta])
+        out["max_box_acc_v2"] = float(np.mean([out[f"max_box_acc_v2_iou{d}"] for d in self.iou_v2]))
+        if fixed is not None:
+            out["threshold_used"] = float(self.thresholds[fixed])
+        return out

@@ -1,0 +1,194 @@
+"""Pointing game (Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016 / IJCV 2018)
+as implemented in TorchRay's ``benchmark/pointing_game.py``, and the energy-based pointing game of
+Score-CAM (Wang et al., CVPR-W 2020, Sec. 5.2).
+
+Pointing game protocol:
+
+- every ground-truth class of the image is a target; its map (``batch.gt_maps``) is upsampled bilinearly
+  to the image and its maximum (first in raster order on ties) is the point;
+- the point hits when a pixel of the class's region (mask, or union of all its boxes) lies at distance
+  ``< tolerance`` (15 px) from it; a box-annotated class whose boxes are all PASCAL-difficult is skipped
+  (:func:`evalcam.metrics.regions.not_evaluated`);
+- accuracy is the mean over classes of per-class accuracy ``hits / (hits + misses)``. TorchRay averages
+  over all classes of the label space; here the mean runs over the classes that were evaluated at least
+  once (identical on VOC07 test / COCO val, where every class occurs; meaningful on ImageNet subsets);
+- ``difficult_accuracy``: the same on the EBP "difficult" subset (see
+  :func:`evalcam.metrics.regions.ebp_difficult_classes`).
+
+Degenerate maps (non-finite, or constant so that the argmax is arbitrary) count as misses and are counted
+in ``degenerate_maps``.
+
+Energy-based pointing game: the share of the map's energy inside the class region,
+``sum(L * region) / sum(L)`` with ``L = max(map, 0)`` upsampled bilinearly to the image. Targets and skips
+as above; ``energy`` is the mean over evaluated (image, class) pairs. A degenerate map (non-finite, or no
+positive energy) scores 0 (it puts no energy in the box) and is counted in ``degenerate_maps``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from evalcam.maps import upsample
+from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
+from evalcam.metrics.regions import (
+    argmax_point,
+    class_mask,
+    ebp_difficult_classes,
+    not_evaluated,
+    pointing_hit,
+)
+
+
+def _gt_pairs(batch: EvalBatch) -> list[list[tuple[int, int]]]:
+    """Per image: (column in gt_maps, class) for every real (non-padding) ground-truth class."""
+    if batch.gt_classes is None or batch.gt_maps is None:
+        raise ValueError(
+            "this metric needs maps of the ground-truth classes (needs_gt_maps); none were given"
+        )
+    classes = batch.gt_classes.cpu().tolist()
+    return [[(col, int(c)) for col, c in enumerate(row) if c >= 0] for row in classes]
+
+
+def is_flat(cam: torch.Tensor) -> bool:
+    """No usable maximum: non-finite values or a constant map."""
+    return (not bool(torch.isfinite(cam).all())) or bool(cam.max() <= cam.min())
+
+
+class PointingGame(Metric):
+    name = "pointing"
+    needs_gt_maps = True
+
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        tolerance: float = 15,
+        num_classes: int = 1000,
+        difficult_area: float = 0.25,
+    ) -> None:
+        super().__init__(device)
+        self.tolerance = float(tolerance)
+        self.num_classes = int(num_classes)
+        self.difficult_area = float(difficult_area)
+        for state in ("hits", "misses", "hits_difficult", "misses_difficult"):
+            self.add_state(state, torch.zeros(self.num_classes, dtype=torch.float64))
+        for state in ("skipped", "degenerate"):
+            self.add_state(state, torch.zeros((), dtype=torch.float64))
+
+    def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
+        records = []
+        hits = torch.zeros(2, 2, self.num_classes, dtype=torch.float64)  # [subset all/difficult, hit/miss, C]
+        skipped = degenerate = 0
+        for i, (sample, pairs) in enumerate(zip(batch.samples, _gt_pairs(batch), strict=True)):
+            difficult = ebp_difficult_classes(sample, self.difficult_area)
+            outcome, points = [], []
+            for col, cls in pairs:
+                if cls >= self.num_classes:
+                    raise ValueError(
+                        f"class {cls} >= num_classes={self.num_classes}; set metrics.pointing.num_classes"
+                    )
+                if not_evaluated(sample, cls):
+                    skipped += 1
+                    outcome.append(-1)
+                    points.append(None)
+                    continue
+                cam = upsample(batch.gt_maps[i, col], sample.size).cpu()
+                if is_flat(cam):
+                    degenerate += 1
+                    hit, point = False, None
+                else:
+                    point = argmax_point(cam)
+                    hit = pointing_hit(point, sample, cls, self.tolerance)
+                hits[0, 0 if hit else 1, cls] += 1
+                if cls in difficult:
+                    hits[1, 0 if hit else 1, cls] += 1
+                outcome.append(int(hit))
+                points.append(list(point) if point is not None else None)
+            records.append(
+                {
+                    "pointing.classes": [c for _, c in pairs],
+                    "pointing.hit": outcome,  # 1 hit, 0 miss, -1 not evaluated (all boxes difficult)
+                    "pointing.points": points,
+                    "pointing.difficult": [c in difficult for _, c in pairs],
+                }
+            )
+        hits = hits.to(self.device)
+        self.hits = self.hits + hits[0, 0]
+        self.misses = self.misses + hits[0, 1]
+        self.hits_difficult = self.hits_difficult + hits[1, 0]
+        self.misses_difficult = self.misses_difficult + hits[1, 1]
+        self.skipped = self.skipped + skipped
+        self.degenerate = self.degenerate + degenerate
+        return records
+
+    @staticmethod
+    def _class_mean(hits: torch.Tensor, misses: torch.Tensor) -> float:
+        total = hits + misses
+        seen = total > 0
+        if not bool(seen.any()):
+            return float("nan")
+        return float((hits[seen] / total[seen]).mean())
+
+    def compute(self) -> dict[str, float]:
+        return {
+            "accuracy": self._class_mean(self.hits, self.misses),
+            "overall_accuracy": safe_ratio(self.hits.sum(), (self.hits + self.misses).sum()),
+            "difficult_accuracy": self._class_mean(self.hits_difficult, self.misses_difficult),
+            "evaluated": float((self.hits + self.misses).sum()),
+            "evaluated_difficult": float((self.hits_difficult + self.misses_difficult).sum()),
+            "classes_evaluated": float(((self.hits + self.misses) > 0).sum()),
+            "skipped": float(self.skipped),
+            "degenerate_maps": float(self.degenerate),
+        }
+
+
+def energy_in_region(cam: torch.Tensor, region: torch.Tensor) -> float | None:
+    """Share of ``max(cam, 0)`` inside the bool ``region``; None when the map has no positive energy."""
+    if not bool(torch.isfinite(cam).all()):
+        return None
+    energy = cam.double().clamp_min(0)
+    total = float(energy.sum())
+    if total <= 0:
+        return None
+    return float(energy[region].sum()) / total
+
+
+class EnergyPointingGame(Metric):
+    name = "energy_pointing"
+    needs_gt_maps = True
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        super().__init__(device)
+        for state in ("energy", "pairs", "skipped", "degenerate"):
+            self.add_state(state, torch.zeros((), dtype=torch.float64))
+
+    def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
+        records = []
+        for i, (sample, pairs) in enumerate(zip(batch.samples, _gt_pairs(batch), strict=True)):
+            shares: list[float | None] = []
+            for col, cls in pairs:
+                if not_evaluated(sample, cls):
+                    self.skipped = self.skipped + 1
+                    shares.append(None)
+                    continue
+                cam = upsample(batch.gt_maps[i, col], sample.size).cpu()
+                share = energy_in_region(cam, class_mask(sample, cls))
+                if share is None:
+                    self.degenerate = self.degenerate + 1
+                    share = 0.0
+                self.energy = self.energy + share
+                self.pairs = self.pairs + 1
+                shares.append(share)
+            records.append(
+                {"energy_pointing.classes": [c for _, c in pairs], "energy_pointing.energy": shares}
+            )
+        return records
+
+    def compute(self) -> dict[str, float]:
+        return {
+            "energy": safe_ratio(self.energy, self.pairs),
+            "evaluated": float(self.pairs),
+            "skipped": float(self.skipped),
+            "degenerate_maps": float(self.degenerate),
+        }

@@ -1,0 +1,226 @@
+"""torchvision ImageNet classifiers with weights read from local files only (never downloaded).
+
+Weights come from ``torch.hub.get_dir()/checkpoints/<file>``, the file name torchvision itself would
+download to (the last part of ``WeightsEnum.url``), or from ``weights=PATH``. ``weights=random`` builds
+the architecture with random initialisation (for layer inspection and tests; it says so in a warning).
+
+Default target layers follow the papers:
+
+- VGG16 ``features.29``: the ReLU after conv5_3, i.e. the rectified last conv feature maps Grad-CAM uses
+  (Selvaraju et al., ICCV 2017, §3);
+- AlexNet ``features.11``: the ReLU after conv5;
+- ResNet50 ``layer4``, GoogLeNet ``inception5b``: the last conv block before global average pooling,
+  the layer CAM is defined on (Zhou et al., CVPR 2016);
+- MobileNet / EfficientNet: the last block of ``features`` (the 1x1 conv + BN + activation before pooling).
+
+Inputs are squashed to the weights' crop size (224 for most; 240-600 for EfficientNet-B1..B7) and
+normalised with the weights' mean/std.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from evalcam.models.bundle import ModelBundle, Preprocess
+
+log = logging.getLogger(__name__)
+
+EFFICIENTNETS = tuple(f"efficientnet_b{i}" for i in range(8))
+MOBILENETS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+ARCHITECTURES = ("vgg16", "resnet50", "alexnet", "googlenet", *EFFICIENTNETS, *MOBILENETS)
+
+# Names of the linear layer right after global average pooling (+ dropout), for CAM. VGG/AlexNet have
+# fully connected layers on flattened maps and MobileNetV3 a two-layer head, so CAM does not apply there.
+CLASSIFIERS = {
+    "resnet50": "fc",
+    "googlenet": "fc",
+    "mobilenet_v2": "classifier.1",
+    **{name: "classifier.1" for name in EFFICIENTNETS},
+}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Local weights are missing; the message names the file and where to put it."""
+
+
+# Index of the last block of ``features`` (the 1x1 conv + BN + activation before pooling).
+LAST_FEATURE_BLOCK = {
+    "mobilenet_v2": 18,
+    "mobilenet_v3_large": 16,
+    "mobilenet_v3_small": 12,
+    **{name: 8 for name in EFFICIENTNETS},
+}
+FIXED_LAYERS = {
+    "vgg16": "features.29",
+    "alexnet": "features.11",
+    "resnet50": "layer4",
+    "googlenet": "inception5b",
+}
+
+
+def default_target_layer(arch: str) -> str:
+    """Paper-default CAM layer of ``arch`` (see module doc)."""
+    if arch in FIXED_LAYERS:
+        return FIXED_LAYERS[arch]
+    if arch in LAST_FEATURE_BLOCK:
+        return f"features.{LAST_FEATURE_BLOCK[arch]}"
+    raise ValueError(f"no default target layer for {arch!r}")
+
+
+def weights_enum(arch: str, tag: str = "IMAGENET1K_V1"):
+    """torchvision's weights entry ``tag`` (e.g. ``IMAGENET1K_V1``, ``DEFAULT``) for ``arch``."""
+    from torchvision.models import get_model_weights
+
+    enum = get_model_weights(arch)
+    try:
+        return enum[tag] if tag != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        raise ValueError(f"{arch} has no weights {tag!r}; available: {', '.join(enum.__members__)}") from None
+
+
+def hub_checkpoint(arch: str, tag: str = "IMAGENET1K_V1") -> Path:
+    """Where torchvision keeps the downloaded file for ``arch``/``tag`` (nothing is downloaded here)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / weights_enum(arch, tag).url.rsplit("/", 1)[-1]
+
+
+def _is_tag(value: str) -> bool:
+    return value == "DEFAULT" or (
+        value.isupper() and "/" not in value and not value.endswith((".pth", ".pt"))
+    )
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # training checkpoints wrap the weights
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    return state
+
+
+def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """One-line ValueError naming missing, unexpected and mis-shaped keys (load_state_dict's message is a
+    page long)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    problems = [
+        f"{len(keys)} {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+        for kind, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", shapes))
+        if keys
+    ]
+    if problems:
+        raise ValueError(f"{what}: keys {'; '.join(problems)}")
+
+
+def _architecture(arch: str, num_classes: int, transform_input: bool) -> nn.Module:
+    from torchvision.models import get_model
+
+    if arch == "googlenet":
+        # torchvision's ImageNet GoogLeNet was trained on (x - 0.5) / 0.5 inputs; transform_input converts
+        # ImageNet-normalised inputs into that. The auxiliary heads are for training only.
+        return get_model(
+            arch,
+            weights=None,
+            num_classes=num_classes,
+            aux_logits=False,
+            transform_input=transform_input,
+            init_weights=False,
+        )
+    return get_model(arch, weights=None, num_classes=num_classes)
+
+
+def load_torchvision(
+    arch: str,
+    weights: str | None = None,
+    target_layer: str | None = None,
+    num_classes: int = 1000,
+    size: int | list[int] | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    transform_input: bool = True,
+) -> ModelBundle:
+    """Build torchvision ``arch`` from local weights.
+
+    ``weights``: ``None`` / a tag such as ``IMAGENET1K_V1`` or ``IMAGENET1K_V2`` (read from the torch hub
+    cache), a path to a state dict, or ``random``. ``None`` means ``IMAGENET1K_V1``, the weights the
+    Grad-CAM era papers used. ``size``/``mean``/``std`` override the weights' preprocessing.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown torchvision architecture {arch!r}; available: {', '.join(ARCHITECTURES)}")
+    spec = str(weights) if weights is not None else "IMAGENET1K_V1"
+    tag = spec if _is_tag(spec) else "IMAGENET1K_V1"
+    meta = weights_enum(arch, tag)
+    if spec == "random":
+        model = _architecture(arch, num_classes, transform_input)
+        warnings.warn(f"{arch}: weights=random, the model is randomly initialised", stacklevel=2)
+        source = "random"
+    else:
+        path = hub_checkpoint(arch, tag) if _is_tag(spec) else Path(spec).expanduser()
+        if not path.is_file():
+            how = (
+                f"download {meta.url} on a machine with network access and copy it there, "
+                f"or pass model.params.weights=PATH"
+                if _is_tag(spec)
+                else "check model.params.weights"
+            )
+            raise WeightsNotFoundError(
+                f"{arch} weights not found: expected {path} ({how}); evalcam never downloads weights"
+            )
+        state = _state_dict(path)
+        if arch == "googlenet":
+            state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
+        # Built on the meta device and filled from the file: random initialisation of 100M+ parameters
+        # (VGG16) would take seconds only to be overwritten.
+        with torch.device("meta"):
+            model = _architecture(arch, num_classes, transform_input)
+        _check_fits(model, state, f"{path} does not fit torchvision {arch} (num_classes={num_classes})")
+        model.load_state_dict(state, assign=True)
+        leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if leftover:
+            raise ValueError(f"{path} lacks tensors of {arch}: {', '.join(leftover[:5])}")
+        source = str(path)
+    # torchvision uses ReLU(inplace=True); hooks from other libraries (full backward hooks, guided
+    # backprop) reject in-place outputs, and evaluation does not need the memory saving.
+    for module in model.modules():
+        if hasattr(module, "inplace"):
+            module.inplace = False
+    transform = meta.transforms()
+    crop = size if size is not None else transform.crop_size[0]
+    crop_hw = tuple(crop) if isinstance(crop, list | tuple) else (int(crop), int(crop))
+    preprocess = Preprocess(
+        size=crop_hw,  # type: ignore[arg-type]
+        mean=tuple(mean or transform.mean),
+        std=tuple(std or transform.std),
+    )  # type: ignore[arg-type]
+    categories = (
+        list(meta.meta["categories"])
+        if num_classes == len(meta.meta["categories"])
+        else [str(i) for i in range(num_classes)]
+    )
+    return ModelBundle(
+        model=model.eval(),
+        name=arch,
+        target_layer=target_layer or default_target_layer(arch),
+        preprocess=preprocess,
+        categories=categories,
+        weights=source,
+        classifier=CLASSIFIERS.get(arch),
+    )
+
+
+def builder(arch: str):
+    """Registry entry for ``arch`` (``load_model("resnet50", weights=...)``)."""
+
+    def build(**kw: Any) -> ModelBundle:
+        return load_torchvision(arch, **kw)
+
+    build.__doc__ = f"torchvision {arch} from local weights (see evalcam.models.torchvision_models)."
+    return build

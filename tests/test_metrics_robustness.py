@@ -1,0 +1,188 @@
+"""Adversarial robustness of explanations: the attacks on a linear model (exact answers), the metric's
+bookkeeping on a small CNN with Grad-CAM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from evalcam.data.types import Sample
+from evalcam.methods import TopK
+from evalcam.methods.gradcam import GradCAM
+from evalcam.metrics.base import EvalBatch
+from evalcam.metrics.robustness import AdversarialRobustness, fgsm, pgd
+from evalcam.models.bundle import ModelBundle, Preprocess
+
+MEAN = torch.full((1, 3, 1, 1), 0.5)
+STD = torch.full((1, 3, 1, 1), 0.25)
+
+
+class LinearToy(nn.Module):
+    def __init__(self, weights: torch.Tensor) -> None:
+        super().__init__()
+        self.weights = nn.Parameter(weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bchw,kchw->bk", x, self.weights)
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, stride=2)
+        self.act2 = nn.ReLU()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act2(self.conv2(self.act1(self.conv1(x)))).mean((2, 3)))
+
+
+def _linear_case():
+    g = torch.Generator().manual_seed(0)
+    weights = torch.zeros(2, 3, 4, 4)
+    weights[0] = torch.randn(3, 4, 4, generator=g)
+    pixels = torch.full((1, 3, 4, 4), 0.5)
+    model = LinearToy(weights).eval()
+    return model, weights[0], pixels
+
+
+def test_fgsm_moves_every_pixel_by_eps_against_the_class():
+    model, w, pixels = _linear_case()
+    eps = 0.05
+    adv = fgsm(model, pixels, torch.tensor([0]), MEAN, STD, eps)
+    # d CE / d x = -(1 - p0) * w / std: the signed step is -eps * sign(w), in pixel units
+    assert torch.allclose(adv - pixels, -eps * w.sign()[None])
+    with torch.no_grad():
+        drop = model((pixels - MEAN) / STD)[0, 0] - model((adv - MEAN) / STD)[0, 0]
+    assert float(drop) == pytest.approx(eps * float(w.abs().sum()) / 0.25, rel=1e-5)
+
+
+def test_pgd_stays_in_the_eps_ball_and_reaches_its_corner_on_a_linear_model():
+    model, w, pixels = _linear_case()
+    eps = 0.05
+    adv = pgd(model, pixels, torch.tensor([0]), MEAN, STD, eps, alpha=eps / 2, steps=3)
+    assert torch.allclose(adv - pixels, -eps * w.sign()[None])
+    start = torch.full_like(pixels, 0.5)  # a start outside the ball is projected back first
+    adv = pgd(model, pixels, torch.tensor([0]), MEAN, STD, eps, alpha=0.01, steps=1, start=start)
+    assert float((adv - pixels).abs().max()) <= eps + 1e-7
+
+
+def test_attacks_keep_pixels_in_range():
+    model, w, _ = _linear_case()
+    pixels = torch.where(w[None] < 0, torch.ones(1, 3, 4, 4), torch.zeros(1, 3, 4, 4))  # push out of [0, 1]
+    adv = fgsm(model, pixels, torch.tensor([0]), MEAN, STD, 0.2)
+    assert torch.equal(adv, pixels)  # every step points outside the valid box and is clipped
+
+
+def _setup(n=3, size=16):
+    model = TinyNet().eval()
+    bundle = ModelBundle(
+        model=model,
+        name="tiny",
+        target_layer="act2",
+        preprocess=Preprocess((size, size), (0.5,) * 3, (0.25,) * 3),
+    )
+    explainer = GradCAM(model, "act2")
+    g = torch.Generator().manual_seed(1)
+    inputs = (torch.rand(n, 3, size, size, generator=g) - 0.5) / 0.25
+    pred = explainer.explain(inputs, TopK(1))
+    classes = pred.classes[:, 0].tolist()
+    # the predicted class is the label of images 0 and 1 (whole-image boxes), not of image 2
+    samples = [
+        Sample(
+            image=torch.zeros(3, size, size, dtype=torch.uint8),
+            image_id=f"img{i}",
+            labels=[classes[i]] if i < 2 else [(classes[i] + 1) % 4],
+            boxes={
+                (classes[i] if i < 2 else (classes[i] + 1) % 4): torch.tensor(
+                    [[0.0, 0.0, size - 1, size - 1]]
+                )
+            },
+        )
+        for i in range(n)
+    ]
+    batch = EvalBatch(
+        samples=samples,
+        inputs=inputs,
+        logits=pred.logits,
+        pred_classes=pred.classes,
+        pred_maps=pred.maps,
+        explainer=explainer,
+        bundle=bundle,
+    )
+    return batch
+
+
+def test_zero_budget_changes_nothing():
+    batch = _setup()
+    metric = AdversarialRobustness(attacks=["fgsm", "pgd"], eps=0.0, steps=2, alpha=0.01)
+    records = metric.update(batch)
+    out = metric.compute()
+    for attack in ("fgsm", "pgd"):
+        assert out[f"{attack}_success_rate"] == 0.0
+        assert out[f"{attack}_spearman"] == pytest.approx(1.0)
+        assert out[f"{attack}_pearson"] == pytest.approx(1.0)
+        assert out[f"{attack}_prob_drop"] == pytest.approx(0.0, abs=1e-6)
+        assert out[f"{attack}_loc_acc"] == out["clean_loc_acc"]
+        assert out[f"{attack}_iou"] == pytest.approx(out["clean_iou"])
+        assert out[f"{attack}_pointing_acc"] == out["clean_pointing_acc"] == 1.0  # whole-image boxes
+    assert out["evaluable"] == 2.0  # image 2's prediction is not one of its labels
+    assert [r["robustness.evaluable"] for r in records] == [True, True, False]
+
+
+def test_attack_lowers_the_class_confidence_and_counts_match_records():
+    batch = _setup()
+    metric = AdversarialRobustness(attacks=["pgd"], eps=0.3, steps=3, alpha=0.1)
+    records = metric.update(batch)
+    out = metric.compute()
+    drops = [r["robustness.pgd_prob_drop"] for r in records]
+    assert all(d > 0 for d in drops)
+    assert out["pgd_prob_drop"] == pytest.approx(sum(drops) / 3)
+    assert out["pgd_success_rate"] == pytest.approx(sum(r["robustness.pgd_success"] for r in records) / 3)
+    assert out["pgd_spearman"] < 1.0
+
+
+def test_random_start_is_seeded_per_image():
+    batch = _setup()
+    runs = []
+    for _ in range(2):
+        metric = AdversarialRobustness(
+            attacks=["pgd"], eps=0.1, steps=1, alpha=0.01, random_start=True, seed=3
+        )
+        runs.append([r["robustness.pgd_prob_drop"] for r in metric.update(batch)])
+    assert runs[0] == runs[1]
+
+
+def test_merged_halves_equal_one_accumulator():
+    batch = _setup(n=4)
+    kw = dict(attacks=["fgsm"], eps=0.05)
+
+    def part(lo, hi):
+        return EvalBatch(
+            samples=batch.samples[lo:hi],
+            inputs=batch.inputs[lo:hi],
+            logits=batch.logits[lo:hi],
+            pred_classes=batch.pred_classes[lo:hi],
+            pred_maps=batch.pred_maps[lo:hi],
+            explainer=batch.explainer,
+            bundle=batch.bundle,
+        )
+
+    whole, first, second = (
+        AdversarialRobustness(**kw),
+        AdversarialRobustness(**kw),
+        AdversarialRobustness(**kw),
+    )
+    whole.update(batch)
+    first.update(part(0, 2))
+    second.update(part(2, 4))
+    first.merge(second)
+    merged, single = first.compute(), whole.compute()
+    assert all(
+        merged[k] == pytest.approx(single[k], abs=1e-6) or (merged[k] != merged[k] and single[k] != single[k])
+        for k in single
+    )
