@@ -26,7 +26,7 @@ from evalcam.figures import ExampleRow, example_grid
 from evalcam.methods import METHODS, TopK, build_explainer
 from evalcam.metrics import EvalBatch, build_metrics
 from evalcam.models import load_model
-from evalcam.results import ResultStore
+from evalcam.results import ResultStore, storage_error, write_atomic
 from evalcam.tracking import TrackingUnavailable, flatten, log_run_dir
 
 log = logging.getLogger(__name__)
@@ -96,21 +96,55 @@ def _gt_targets(samples: list[Sample], device: torch.device) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long, device=device)
 
 
+def check_compatible(metrics, dataset, bundle) -> None:
+    """Mistakes that would only surface mid-run (or silently skew numbers), reported before any work."""
+    if not getattr(dataset, "has_masks", False):
+        needing = [m.name for m in metrics if getattr(m, "needs_masks", False)]
+        if needing:
+            raise ValueError(
+                f"metric(s) {', '.join(needing)} need segmentation masks, but dataset {dataset.name} has "
+                f"boxes only; use a dataset with masks (coco2014, coco2017) or drop these metrics"
+            )
+    classes = len(dataset.class_names)
+    for metric in metrics:
+        limit = getattr(metric, "num_classes", None)
+        if limit is not None and classes > int(limit):
+            raise ValueError(
+                f"metrics.{metric.name}.num_classes={limit} is smaller than the {classes} classes of "
+                f"{dataset.name}; set metrics.{metric.name}.num_classes={classes}"
+            )
+    outputs = len(bundle.categories)
+    if outputs and classes > outputs and any(m.needs_gt_maps for m in metrics):
+        needing = ", ".join(m.name for m in metrics if m.needs_gt_maps)
+        raise ValueError(
+            f"{needing} explain the ground-truth classes 0..{classes - 1} of {dataset.name}, but model "
+            f"{bundle.name} has only {outputs} classes (0..{outputs - 1}); use a model trained on its labels"
+        )
+
+
+def annotation_warnings(table: pd.DataFrame) -> float:
+    """Number of annotation problems the loaders fixed or dropped (clipped boxes, unknown classes, ...)."""
+    if "warnings" not in table.columns:
+        return 0.0
+    return float(table["warnings"].map(lambda w: 0 if w is None else len(w)).sum())
+
+
 def run(config: dict[str, Any]) -> RunResult:
     """Evaluate ``config["method"]`` on ``config["dataset"]`` with ``config["model"]``."""
     started = time.perf_counter()
     rank, world = distributed_rank()
     device = resolve_device(str(config.get("device", "auto")))
     model_cfg, method_cfg = config["model"], config["method"]
+    model_params = _kwargs(model_cfg.get("params") or {})
+    if model_cfg.get("weights") is not None:  # model.weights=PATH|TAG, the documented spelling
+        model_params["weights"] = model_cfg["weights"]
     bundle = load_model(
-        model_cfg["name"],
-        device=device,
-        target_layer=model_cfg.get("target_layer"),
-        **_kwargs(model_cfg.get("params") or {}),
+        model_cfg["name"], device=device, target_layer=model_cfg.get("target_layer"), **model_params
     )
     dataset = build_dataset(config["dataset"]["name"], **_kwargs(config["dataset"]))
     explainer = build_explainer(method_cfg["name"], bundle, **dict(method_cfg.get("params") or {}))
     metrics = build_metrics(config.get("metrics") or {}, device)
+    check_compatible(metrics, dataset, bundle)
     topk = max([m.pred_topk for m in metrics] + [int(config.get("topk", 5))])
     need_gt = any(m.needs_gt_maps for m in metrics)
 
@@ -122,6 +156,12 @@ def run(config: dict[str, Any]) -> RunResult:
             f"or delete the folder to start over"
         )
     done = store.done_ids()
+    if world > 1:
+        import torch.distributed as dist
+
+        # Every rank must read the same finished set before any rank writes a part of this run,
+        # otherwise the ranks shard different image lists (images skipped or evaluated twice).
+        dist.barrier()
     todo = [i for i, image_id in enumerate(dataset.ids) if image_id not in done]
     if done:
         log.info("resuming %s: %d of %d images already done", run_dir, len(done), len(dataset))
@@ -134,26 +174,37 @@ def run(config: dict[str, Any]) -> RunResult:
         collate_fn=collate_samples,
         pin_memory=device.type == "cuda",
     )
-    for batch in tqdm(
-        loader, desc=run_name(config), unit="batch", disable=not config.get("progress", True) or rank != 0
-    ):
-        samples = [s for s in batch if isinstance(s, Sample)]
-        rows: list[dict[str, Any]] = [
-            {"image_id": s.image_id, "status": "skipped", "error": s.reason}
-            for s in batch
-            if isinstance(s, SkippedImage)
-        ]
-        for metric in metrics:
-            metric.reset()  # each part stores its own batch's state; the run's state is their sum
-        if samples:
-            rows += evaluate_batch(samples, bundle, explainer, metrics, topk, need_gt, device)
-        store.append(rows, {m.name: m.state_dict() for m in metrics})
+    try:
+        for batch in tqdm(
+            loader, desc=run_name(config), unit="batch", disable=not config.get("progress", True) or rank != 0
+        ):
+            samples = [s for s in batch if isinstance(s, Sample)]
+            rows: list[dict[str, Any]] = [
+                {"image_id": s.image_id, "status": "skipped", "error": s.reason}
+                for s in batch
+                if isinstance(s, SkippedImage)
+            ]
+            for metric in metrics:
+                metric.reset()  # each part stores its own batch's state; the run's state is their sum
+            if samples:
+                rows += evaluate_batch(samples, bundle, explainer, metrics, topk, need_gt, device)
+            store.append(rows, {m.name: m.state_dict() for m in metrics})
+    except KeyboardInterrupt:
+        # Finished batches are already on disk (atomic parts); say so instead of a bare traceback.
+        log.error(
+            "interrupted: %d of %d images are saved in %s; rerun the same command to resume",
+            len(store.done_ids()),
+            len(dataset),
+            run_dir,
+        )
+        raise
 
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()  # every shard's parts are on disk before rank 0 sums them
         if rank != 0:
+            dist.destroy_process_group()
             return RunResult(run_dir=run_dir, metrics={}, mlflow_run_id=None)
     states = store.load_states()
     for metric in metrics:
@@ -161,7 +212,12 @@ def run(config: dict[str, Any]) -> RunResult:
             metric.reset()
         else:
             metric.load_state_dict(states[metric.name])
-    return finish(config, run_dir, store, metrics, bundle, explainer, dataset, time.perf_counter() - started)
+    result = finish(
+        config, run_dir, store, metrics, bundle, explainer, dataset, time.perf_counter() - started
+    )
+    if world > 1:
+        dist.destroy_process_group()
+    return result
 
 
 def evaluate_batch(
@@ -194,6 +250,7 @@ def evaluate_batch(
             "labels": list(s.labels),
             "pred_top5": pred.classes[i, :5].cpu().tolist(),
             "pred_top5_prob": probs[i, :5].tolist(),
+            "warnings": list(s.warnings),
         }
         for i, s in enumerate(samples)
     ]
@@ -213,17 +270,25 @@ def finish(
         values.update({f"{metric.name}/{k}": v for k, v in metric.compute().items()})
     values["run/images_evaluated"] = float((table["status"] == "ok").sum()) if len(table) else 0.0
     values["run/images_skipped"] = float(len(skipped))
+    values["run/annotation_warnings"] = annotation_warnings(table)
     values["run/seconds"] = seconds
 
-    table.to_parquet(run_dir / "per_image.parquet")
-    table.to_csv(run_dir / "per_image.csv", index=False)
-    if len(skipped):
-        skipped[["image_id", "error"]].to_csv(run_dir / "skipped.csv", index=False)
-        log.warning(
-            "%d image(s) could not be read and were skipped; list: %s", len(skipped), run_dir / "skipped.csv"
-        )
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    draw_examples(config, run_dir, table, bundle, explainer, dataset)
+    # Whole files or nothing: a full disk here leaves the parts (and any earlier summary) as they were.
+    target = run_dir / "per_image.parquet"
+    try:
+        write_atomic(target, lambda tmp: table.to_parquet(tmp))
+        target = run_dir / "per_image.csv"
+        write_atomic(target, lambda tmp: table.to_csv(tmp, index=False))
+        if len(skipped):
+            target = run_dir / "skipped.csv"
+            write_atomic(target, lambda tmp: skipped[["image_id", "error"]].to_csv(tmp, index=False))
+            log.warning("%d image(s) could not be read and were skipped; list: %s", len(skipped), target)
+        target = run_dir / "config.yaml"
+        write_atomic(target, lambda tmp: tmp.write_text(yaml.safe_dump(config, sort_keys=False)))
+        target = run_dir / "examples.png"
+        draw_examples(config, run_dir, table, bundle, explainer, dataset)
+    except OSError as err:
+        raise storage_error(err, target, f"The per-image results in {store.parts_dir} are intact.") from err
 
     method = config["method"]["name"]
     family, paper = METHODS[method][1:] if method in METHODS else ("external", "")
@@ -245,16 +310,21 @@ def finish(
         "params": flatten(config),
         "metrics": values,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    try:
+        write_atomic(run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    except OSError as err:
+        intact = f"The per-image results in {store.parts_dir} are intact."
+        raise storage_error(err, run_dir / "summary.json", intact) from err
 
     run_id = None
     if config.get("mlflow", True):
         try:
             run_id = log_run_dir(run_dir, config.get("tracking_uri"))
-        except (TrackingUnavailable, OSError) as err:
+        except Exception as err:  # tracking is best effort: the results are already saved
+            reason = str(err) if isinstance(err, TrackingUnavailable) else f"MLflow logging failed ({err})"
             log.error(
                 "%s. Results are saved in %s; log them later with: python -m evalcam log %s",
-                err,
+                " ".join(reason.split()),  # one line, whatever the MLflow client put in its message
                 run_dir,
                 run_dir,
             )

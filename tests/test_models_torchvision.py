@@ -133,7 +133,7 @@ def test_hub_cache_file_is_used_and_absent_file_is_named(hub):
     with pytest.raises(WeightsNotFoundError) as err:
         load_model("mobilenet_v3_small")
     message = str(err.value)
-    assert str(expected) in message and "model.params.weights=PATH" in message and "\n" not in message
+    assert str(expected) in message and "model.weights=PATH" in message and "\n" not in message
     # The same file name torchvision itself would download to; once it is there it is used.
     torch.manual_seed(1)
     reference = get_model("mobilenet_v3_small", weights=None)
@@ -173,4 +173,31 @@ def test_configs_match_registry_and_defaults():
                 assert default_target_layer(arch) == f"features.{len(get_model(arch).features) - 1}"
         assert configs[arch]["name"] == arch
         assert configs[arch]["target_layer"] == default_target_layer(arch)
-        assert configs[arch]["params"] == {"weights": None}
+        assert configs[arch]["weights"] is None and configs[arch]["params"] == {}
+
+
+def test_cli_reads_weights_from_model_weights_path(tmp_path):
+    """`model.weights=PATH` on the command line reaches the loader: a state dict saved there is used, and a
+    missing file ends the run in one line that names the file."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "resnet50_finetuned.pth"
+    torch.save(get_model("resnet50", weights=None).state_dict(), path)
+    common = [sys.executable, "-m", "evalcam", "layers", "model=resnet50"]
+    done = subprocess.run([*common, f"model.weights={path}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "default target layer: layer4" in done.stdout
+    missing = tmp_path / "nope.pth"
+    cmd = [
+        sys.executable,
+        "-m",
+        "evalcam",
+        "run",
+        "model=resnet50",
+        f"model.weights={missing}",
+        "mlflow=false",
+    ]
+    done = subprocess.run([*cmd, f"output_dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert str(missing) in done.stderr and "Traceback" not in done.stderr

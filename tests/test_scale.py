@@ -95,10 +95,6 @@ def reference(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="rank 1 crashes in cli.py (empty metrics): fixes in reports/benchmark.md",
-)
 def test_torchrun_two_processes_give_single_process_numbers(reference, tmp_path):
     done = call(
         torchrun("-m", "evalcam", "run", *COMMON, "batch_size=2", f"output_dir={tmp_path / 'runs'}"), tmp_path
@@ -133,10 +129,6 @@ main(sys.argv[1:])
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="ranks read the finished images at different times: fix in reports/benchmark.md",
-)
 def test_torchrun_ranks_shard_the_same_image_list_under_start_skew(reference, tmp_path):
     script = tmp_path / "skewed_start.py"
     script.write_text(SKEWED_START)

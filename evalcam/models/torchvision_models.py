@@ -167,9 +167,9 @@ def load_torchvision(
         if not path.is_file():
             how = (
                 f"download {meta.url} on a machine with network access and copy it there, "
-                f"or pass model.params.weights=PATH"
+                f"or pass model.weights=PATH"
                 if _is_tag(spec)
-                else "check model.params.weights"
+                else "check model.weights"
             )
             raise WeightsNotFoundError(
                 f"{arch} weights not found: expected {path} ({how}); evalcam never downloads weights"
