@@ -1,19 +1,33 @@
-"""``python -m evalcam <command>``: run (Hydra), log, layers, ui."""
+"""``python -m evalcam <command>``: run (Hydra), experiment, report, figure, log, layers, ui."""
 
 from __future__ import annotations
 
 import logging
 import sys
 
+from evalcam.tracking import TrackingUnavailable
+
 USAGE = """usage: python -m evalcam <command> [args]
 
 commands:
   run [overrides]      evaluate a method (Hydra overrides; -m for sweeps), e.g. method=gradcam dataset=sample
   log RUN_DIR          log a finished run directory to MLflow (after the tracking server was unreachable)
-  layers [model=NAME]  list a model's layers usable as model.target_layer
+  layers [model=NAME] [model.weights=PATH]
+                       list a model's layers usable as model.target_layer
   ui [--port N] [--backend-store-uri URI]
                        start the MLflow UI on 127.0.0.1 for the store `run` logs to
+  experiment NAME [--profile paper|lite|sample] [--experiments-dir DIR] [overrides]
+                       run every configuration of a paper table (experiments/NAME.yaml)
+  report NAME [--profile P] [--tracking-uri URI] [--out reports] [--run-id ID ...]
+                       ours vs published vs delta from the MLflow runs -> reports/NAME.{md,html,csv}
+  figure figure1|grid [--image ID] [--classes A,B] [--methods m1,m2] [--model M] [--dataset D]
+                       [--limit N] [--out PATH] [--mlflow] [--tracking-uri URI]
+                       Grad-CAM Figure-1 grid (two classes of one image) or a per-method heatmap grid
 """
+
+# Configuration and input mistakes: reported as one line that says what is valid, never a traceback.
+# OSError covers a missing file and a full disk (evalcam.results.StorageError): earlier results are intact.
+CONFIG_ERRORS = (ValueError, KeyError, OSError, ImportError, TrackingUnavailable)
 
 
 def _run_hydra(argv: list[str]) -> None:
@@ -24,7 +38,13 @@ def _run_hydra(argv: list[str]) -> None:
     def _main(cfg: DictConfig) -> float | None:
         from evalcam.runner import run
 
-        result = run(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        try:
+            result = run(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        except CONFIG_ERRORS as err:
+            # Hydra prints a traceback for any exception escaping the job; SystemExit passes through it.
+            raise SystemExit(f"evalcam: error: {err}") from None
+        if not result.metrics:  # torchrun ranks other than 0: rank 0 reports the merged run
+            return None
         width = max(len(k) for k in result.metrics)
         print(f"\nrun folder: {result.run_dir}")
         for key, value in result.metrics.items():
@@ -39,13 +59,53 @@ def _run_hydra(argv: list[str]) -> None:
 
 def _layers(argv: list[str]) -> None:
     from evalcam.models import load_model
+    from evalcam.models.torchvision_models import ARCHITECTURES
 
-    name = next((a.split("=", 1)[1] for a in argv if a.startswith("model=")), "efficientnet_lite0")
-    bundle = load_model(name)
+    options = dict(a.split("=", 1) for a in argv if "=" in a)
+    name = options.get("model", "efficientnet_lite0")
+    kwargs = {}
+    if "model.weights" in options:
+        kwargs["weights"] = options["model.weights"]
+    elif name in ARCHITECTURES:
+        kwargs["weights"] = "random"  # layer names need the architecture only, not the weights file
+    bundle = load_model(name, **kwargs)
     for layer, module in bundle.model.named_modules():
         if layer:
             print(f"{layer:<40} {type(module).__name__}")
     print(f"\ndefault target layer: {bundle.target_layer}")
+
+
+def _experiment(argv: list[str]) -> None:
+    import argparse
+
+    from evalcam.experiments import run_experiment
+
+    parser = argparse.ArgumentParser(prog="python -m evalcam experiment")
+    parser.add_argument("name")
+    parser.add_argument("--profile", default="paper")
+    parser.add_argument("--experiments-dir", default=None)
+    args, overrides = parser.parse_known_args(argv)
+    outcomes = run_experiment(args.name, args.profile, overrides, args.experiments_dir)
+    failed = [o for o in outcomes if o.error]
+    for outcome in outcomes:
+        status = f"FAILED {outcome.error}" if outcome.error else f"MLflow run {outcome.run_id}"
+        print(f"{' '.join(outcome.overrides)}\n    {status}")
+    done = len(outcomes) - len(failed)
+    print(f"{done} of {len(outcomes)} runs done; report: python -m evalcam report {args.name}")
+    if failed:
+        raise SystemExit(1)
+
+
+def _report(argv: list[str]) -> None:
+    from evalcam.report import main as report_main
+
+    report_main(argv)
+
+
+def _figure(argv: list[str]) -> None:
+    from evalcam.figures import main as figure_main
+
+    figure_main(argv)
 
 
 def _ui(argv: list[str]) -> None:
@@ -73,11 +133,20 @@ def main(argv: list[str] | None = None) -> None:
             _layers(rest)
         elif command == "ui":
             _ui(rest)
+        elif command == "experiment":
+            _experiment(rest)
+        elif command == "report":
+            _report(rest)
+        elif command == "figure":
+            _figure(rest)
         else:
             raise SystemExit(f"evalcam: unknown command {command!r}\n{USAGE}")
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as err:
+    except CONFIG_ERRORS as err:
         # Configuration mistakes end in one line that says what is valid, not a traceback.
         raise SystemExit(f"evalcam: error: {err}") from None
+    except KeyboardInterrupt:
+        # The runner has already said how many images are saved and how to resume.
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Pictures: heatmap overlays and the per-run example grid (image | overlay | boxes)."""
+"""Pictures: heatmap overlays, the per-run example grid (image | overlay | boxes), the Grad-CAM paper's
+Figure-1 grid (two classes of one image) and per-method heatmap grids; `python -m evalcam figure`."""
 
 from __future__ import annotations
 
@@ -76,3 +77,216 @@ def example_grid(rows: Sequence[ExampleRow], path: str | Path, suptitle: str = "
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def _signed_rgb(rgb: torch.Tensor) -> np.ndarray:
+    """``[3,H,W]`` signed input gradient -> HWC in [0, 1], the usual guided-backprop rendering (grey = 0)."""
+    x = rgb.detach().float().cpu()
+    # Scale by a high percentile, not the max: a few extreme pixels would otherwise grey out the rest.
+    x = x / torch.quantile(x.abs().flatten(), 0.995).clamp_min(1e-12)
+    return (x.clamp(-1, 1) * 0.5 + 0.5).permute(1, 2, 0).numpy()
+
+
+@dataclass
+class Figure1Row:
+    """One class of the Figure-1 grid: its name and the three visualisations at image resolution."""
+
+    label: str
+    guided_backprop: torch.Tensor  # [3,H,W] signed guided gradient
+    gradcam: torch.Tensor  # [h,w] at any resolution
+    guided_gradcam: torch.Tensor  # [3,H,W] signed
+
+
+def figure1_grid(image: torch.Tensor, rows: Sequence[Figure1Row], path: str | Path, title: str = "") -> Path:
+    """Grad-CAM paper Figure 1 layout: per class, image | Guided Backprop | Grad-CAM | Guided Grad-CAM."""
+    n = max(len(rows), 1)
+    fig, axes = plt.subplots(n, 4, figsize=(12, 3.1 * n), squeeze=False)
+    rgb = image.permute(1, 2, 0).cpu().numpy()
+    for ax_row, row in zip(axes, rows, strict=False):
+        panels = [
+            (rgb, f"image: '{row.label}'"),
+            (_signed_rgb(row.guided_backprop), "Guided Backprop"),
+            (overlay(image, row.gradcam), "Grad-CAM"),
+            (_signed_rgb(row.guided_gradcam), "Guided Grad-CAM"),
+        ]
+        for ax, (picture, caption) in zip(ax_row, panels, strict=True):
+            ax.imshow(picture)
+            ax.set_title(caption, fontsize=9)
+            ax.axis("off")
+    return _save(fig, path, title)
+
+
+def method_grid(
+    images: Sequence[torch.Tensor],
+    maps: dict[str, Sequence[torch.Tensor]],
+    path: str | Path,
+    row_titles: Sequence[str] = (),
+    title: str = "",
+) -> Path:
+    """Rows: images; columns: the image, then each method's map overlaid (``maps[method][row]``)."""
+    methods = list(maps)
+    fig, axes = plt.subplots(
+        max(len(images), 1),
+        len(methods) + 1,
+        figsize=(2.4 * (len(methods) + 1), 2.4 * len(images)),
+        squeeze=False,
+    )
+    for r, (ax_row, image) in enumerate(zip(axes, images, strict=False)):
+        ax_row[0].imshow(image.permute(1, 2, 0).cpu().numpy())
+        ax_row[0].set_title(row_titles[r] if r < len(row_titles) else "", fontsize=8)
+        for ax, method in zip(ax_row[1:], methods, strict=True):
+            ax.imshow(overlay(image, maps[method][r]))
+            if r == 0:
+                ax.set_title(method, fontsize=9)
+        for ax in ax_row:
+            ax.axis("off")
+    return _save(fig, path, title)
+
+
+def _save(fig, path: str | Path, title: str) -> Path:
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def _class_index(spec: str, categories: Sequence[str]) -> int:
+    if spec.strip().isdigit():
+        return int(spec)
+    lowered = [c.lower() for c in categories]
+    if spec.strip().lower() not in lowered:
+        raise ValueError(f"unknown class {spec!r}; give an index or one of the model's category names")
+    return lowered.index(spec.strip().lower())
+
+
+def _find_sample(dataset, image_id: str | None):
+    from evalcam.data import Sample
+
+    for index in range(len(dataset)):
+        if image_id is None or dataset.ids[index] == image_id:
+            sample = dataset[index]
+            if isinstance(sample, Sample):
+                return sample
+    raise ValueError(
+        f"image {image_id!r} not in the dataset; first ids: {', '.join(map(str, dataset.ids[:8]))}"
+    )
+
+
+def render_figure1(bundle, sample, classes: Sequence[int] | None, path: str | Path) -> tuple[Path, list[int]]:
+    """Figure 1 for ``sample``: ``classes`` (default: its first two ground-truth classes, else the top-2)."""
+    from evalcam.methods import build_explainer
+
+    inputs = bundle.preprocess([sample.image], bundle.device)
+    if not classes:
+        classes = list(sample.labels[:2])
+    if len(classes) < 2:
+        top = bundle.model(inputs).topk(2).indices[0].tolist()
+        classes = [*classes, *[c for c in top if c not in classes]][:2]
+    targets = torch.tensor([classes], device=bundle.device)
+    size = sample.image.shape[-2:]
+    guided = build_explainer("guided_backprop", bundle).explain(inputs, targets).extra["rgb"][0]
+    gradcam = build_explainer("gradcam", bundle).explain(inputs, targets).maps[0]
+    guided_cam = build_explainer("guided_gradcam", bundle).explain(inputs, targets).extra["rgb"][0]
+
+    def to_image(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(x[None].float().cpu(), size=size, mode="bilinear")[0]
+
+    rows = [
+        Figure1Row(
+            label=bundle.categories[c] if c < len(bundle.categories) else str(c),
+            guided_backprop=to_image(guided[k]),
+            gradcam=gradcam[k],
+            guided_gradcam=to_image(guided_cam[k]),
+        )
+        for k, c in enumerate(classes)
+    ]
+    title = f"{sample.image_id} · {bundle.name} · target layer {bundle.target_layer}"
+    return figure1_grid(sample.image, rows, path, title), list(classes)
+
+
+def render_method_grid(bundle, samples, methods: Sequence[str], path: str | Path) -> Path:
+    """Top-1 predicted class map of every method for every sample."""
+    from evalcam.methods import TopK, build_explainer
+
+    inputs = [bundle.preprocess([s.image], bundle.device) for s in samples]
+    maps: dict[str, list[torch.Tensor]] = {}
+    for method in methods:
+        explainer = build_explainer(method, bundle)
+        maps[method] = [explainer.explain(x, TopK(1)).maps[0, 0] for x in inputs]
+    with torch.no_grad():
+        top1 = [int(bundle.model(x).argmax()) for x in inputs]
+    titles = [f"{s.image_id}: {bundle.categories[c] if c < len(bundle.categories) else c}"
+              for s, c in zip(samples, top1, strict=True)]  # fmt: skip
+    return method_grid([s.image for s in samples], maps, path, titles, f"{bundle.name}, top-1 class")
+
+
+def log_figure(path: Path, tracking_uri: str | None, experiment: str, run_name: str) -> str:
+    """Log the PNG to MLflow as an artifact of a new run in ``experiment``; returns the run id."""
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name, tags={"kind": "figure"}) as run:
+        mlflow.log_artifact(str(path), artifact_path="figures")
+        return run.info.run_id
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m evalcam figure figure1|grid ...`` (see ``--help``)."""
+    import argparse
+    import os
+
+    from evalcam.data import build_dataset
+    from evalcam.models import load_model
+
+    parser = argparse.ArgumentParser(prog="python -m evalcam figure")
+    parser.add_argument("kind", choices=["figure1", "grid"])
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument(
+        "--dataset", default="sample", help="dataset name; roots come from the usual env vars"
+    )
+    parser.add_argument(
+        "--image", default=None, help="figure1: image id (default: the dataset's first image)"
+    )
+    parser.add_argument(
+        "--classes", default=None, help="figure1: two classes, names or indices, comma-separated"
+    )
+    parser.add_argument("--methods", default="gradcam,gradcampp,cam,ablationcam,guided_backprop,center")
+    parser.add_argument("--limit", type=int, default=4, help="grid: number of images (rows)")
+    parser.add_argument("--out", default=None, help="PNG path (default: reports/figures/<kind>_<model>.png)")
+    parser.add_argument("--mlflow", action="store_true", help="also log the PNG to MLflow")
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--experiment", default="evalcam/figures")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    bundle = load_model(args.model, device=args.device)
+    roots = {"imagenet_val": ("EVALCAM_IMAGENET_ROOT", "EVALCAM_IMAGENET_ANNOTATIONS"),
+             "voc2007": ("EVALCAM_VOC_ROOT", None), "coco2017": ("EVALCAM_COCO_ROOT", None)}  # fmt: skip
+    root_env, ann_env = roots.get(args.dataset, (None, None))
+    kwargs = {"root": os.environ.get(root_env)} if root_env else {}
+    if ann_env:
+        kwargs["annotations"] = os.environ.get(ann_env)
+    out = Path(args.out or f"reports/figures/{args.kind}_{args.model}.png")
+    if args.kind == "figure1":
+        dataset = build_dataset(args.dataset, **kwargs)
+        sample = _find_sample(dataset, args.image)
+        classes = (
+            [_class_index(c, bundle.categories) for c in args.classes.split(",")] if args.classes else None
+        )
+        path, _ = render_figure1(bundle, sample, classes, out)
+    else:
+        dataset = build_dataset(args.dataset, limit=args.limit, **kwargs)
+        samples = [_find_sample(dataset, image_id) for image_id in dataset.ids[: args.limit]]
+        path = render_method_grid(bundle, samples, [m for m in args.methods.split(",") if m], out)
+    print(path)
+    if args.mlflow:
+        run_id = log_figure(
+            path, args.tracking_uri, args.experiment, f"{args.kind}·{args.model}·{args.dataset}"
+        )
+        print(f"MLflow run {run_id}")

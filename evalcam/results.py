@@ -6,13 +6,19 @@ run's state is the sum of its parts' states: a SIGKILL loses at most the batch i
 reads back the finished image ids and the exact accumulated state, and parts written by several
 processes (``torchrun``) merge the same way. Summation follows the part order, so a resumed run gives
 bit-identical numbers to an uninterrupted one.
+
+A write that fails (a full disk, a read-only or vanished folder) leaves no partial part behind and raises
+:class:`StorageError`, whose one-line message says where, why, how much is already safe, and that the
+same command resumes once the cause is fixed.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,34 @@ import torch
 
 STATE_KEY = b"evalcam.metric_states"
 States = dict[str, dict[str, torch.Tensor]]
+
+
+class StorageError(OSError):
+    """Results could not be written; the message is one line that says what is still intact."""
+
+
+def storage_error(err: OSError, path: Path, intact: str) -> StorageError:
+    """A :class:`StorageError` for ``err`` while writing ``path`` (errno kept for callers that test it)."""
+    reason = "no space left on device" if err.errno in (errno.ENOSPC, errno.EDQUOT) else str(err)
+    message = (
+        f"cannot write {path}: {reason}. {intact} Free space (or fix the folder) and rerun the same "
+        f"command to resume"
+    )
+    return StorageError(err.errno or errno.EIO, message.replace("\n", " "))
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Run ``write(tmp_path)`` then rename onto ``path``: readers see the old file or the whole new one,
+    never a truncated one (a full disk mid-write must not destroy an earlier result)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written temp file would only hold on to the scarce space
+        raise
 
 
 class ResultStore:
@@ -65,14 +99,20 @@ class ResultStore:
         """Write one batch: its rows and its own (not cumulative) metric states."""
         buffer = io.BytesIO()
         torch.save(states, buffer)
-        table = pa.Table.from_pylist(rows)
+        # from_pylist takes its columns from the first row alone; a skipped image first in its batch
+        # (no metric columns) would drop every other row's results.
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        table = pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in rows])
         table = table.replace_schema_metadata({STATE_KEY: base64.b64encode(buffer.getvalue())})
         path = self.parts_dir / f"part-{self._next:06d}-{self.rank:03d}.parquet"
-        tmp = self.parts_dir / f".{path.name}.tmp"
-        pq.write_table(table, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)  # atomic: a part is either complete or absent
+        try:
+            # Atomic: a part is either complete or absent, so a resumed run never reads half a batch.
+            write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+        except OSError as err:
+            done = len(self.parts())
+            raise storage_error(
+                err, path, f"The {done} batch part(s) already in {self.parts_dir} are intact."
+            ) from err
         self._next += 1
         return path
 

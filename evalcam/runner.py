@@ -126,7 +126,8 @@ def annotation_warnings(table: pd.DataFrame) -> float:
     """Number of annotation problems the loaders fixed or dropped (clipped boxes, unknown classes, ...)."""
     if "warnings" not in table.columns:
         return 0.0
-    return float(table["warnings"].map(lambda w: 0 if w is None else len(w)).sum())
+    # Skipped images have no list there (None, or NaN once parts are concatenated).
+    return float(table["warnings"].map(lambda w: len(w) if hasattr(w, "__len__") else 0).sum())
 
 
 def run(config: dict[str, Any]) -> RunResult:

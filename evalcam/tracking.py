@@ -19,8 +19,21 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+RUN_KEY_TAG = "evalcam.run_key"
+
+
 class TrackingUnavailable(RuntimeError):
     pass
+
+
+def _find_run(experiment_id: str, key: str):
+    """The MLflow run already holding run folder ``key``, or None."""
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=1
+    )
+    return found[0] if found else None
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -54,12 +67,22 @@ def log_run_dir(run_dir: str | Path, tracking_uri: str | None = None) -> str:
     if uri:
         _check_reachable(uri)
         mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(summary["experiment"])
-    with mlflow.start_run(run_name=summary["run_name"], tags=summary.get("tags", {})) as run:
-        params = summary.get("params", {})
-        items = list(params.items())
-        for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            mlflow.log_params({k: v[:6000] for k, v in items[start : start + 100]})
+    experiment = mlflow.set_experiment(summary["experiment"])
+    # The run folder's name hashes (method, model, dataset, metrics): logging the same folder again (a
+    # finished rerun, `evalcam log` twice) updates its MLflow run instead of adding a duplicate.
+    key = run_dir.resolve().name
+    tags = {**summary.get("tags", {}), RUN_KEY_TAG: key}
+    existing = _find_run(experiment.experiment_id, key)
+    start = {"run_id": existing.info.run_id} if existing else {"run_name": summary["run_name"], "tags": tags}
+    with mlflow.start_run(**start) as run:
+        if existing:
+            mlflow.set_tags(tags)
+        logged = existing.data.params if existing else {}
+        # MLflow params are write-once: a rerun with another batch size or device keeps the first value
+        # (config.yaml, re-logged below, holds this run's).
+        items = [(k, v[:6000]) for k, v in summary.get("params", {}).items() if k not in logged]
+        for start_at in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            mlflow.log_params(dict(items[start_at : start_at + 100]))
         finite = {k: v for k, v in summary.get("metrics", {}).items() if v == v}  # drop NaN
         mlflow.log_metrics(finite)
         for name in ("config.yaml", "summary.json", "per_image.parquet", "per_image.csv", "skipped.csv"):

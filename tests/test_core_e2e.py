@@ -118,8 +118,16 @@ def test_unreachable_tracking_server_keeps_results_and_can_log_later(tmp_path):
     assert result.mlflow_run_id is None
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["metrics"]["weak_loc/images"] == 2
-    run_id = log_run_dir(result.run_dir, f"sqlite:///{tmp_path / 'later.db'}")
+    later = f"sqlite:///{tmp_path / 'later.db'}"
+    run_id = log_run_dir(result.run_dir, later)
     assert run_id
+    # Logging the same folder again (or a finished rerun) updates that run: one run per configuration.
+    assert log_run_dir(result.run_dir, later) == run_id
+    import mlflow
+
+    mlflow.set_tracking_uri(later)
+    runs = mlflow.search_runs(experiment_names=["sample/efficientnet_lite0"])
+    assert len(runs) == 1 and runs["metrics.weak_loc/images"].iloc[0] == 2
 
 
 @pytest.mark.slow

@@ -141,6 +141,20 @@ ALL = {
 }
 
 
+# The one justified exception to the 1e-4 agreement below. PGD's sign steps are exact functions of the
+# gradient's sign, and the gradient of a ReLU6 network is discontinuous at the kinks: a pre-activation
+# within round-off (~1e-7 relative, batched kernels sum in a batch-size-dependent order) of a kink takes
+# the other branch in one of the two runs. On these 3 images one head_act unit of image 3 does; 136 input
+# pixels then step the other way, and the clean-vs-adversarial similarity of that image moves by 3.6e-3
+# (Spearman), 3.3e-4 (Pearson), its probability drop by 8e-5 (see evalcam/metrics/robustness.py). The
+# attack's continuous outputs get 1e-2 per image (so 1e-2 on their means); everything else (success rate,
+# localization, pointing, IoU, FGSM) keeps the 1e-4 of the other metrics.
+ATTACK_TOLERANCE = {("robustness", key): 1e-2 for key in ("pgd_spearman", "pgd_pearson", "pgd_prob_drop")}
+ATTACK_RECORD_TOLERANCE = {
+    key: 1e-2 for key in ("robustness.pgd_spearman", "robustness.pgd_pearson", "robustness.pgd_prob_drop")
+}
+
+
 @pytest.mark.slow
 def test_numbers_do_not_depend_on_the_batch_size(ilsvrc, lite0):
     """Every metric, batch 1 vs batch 3, same images in the same order."""
@@ -160,13 +174,16 @@ def test_numbers_do_not_depend_on_the_batch_size(ilsvrc, lite0):
     for name, values in one.items():
         for key, value in values.items():
             other = three[name][key]
+            tolerance = ATTACK_TOLERANCE.get((name, key), 1e-4)
             assert (math.isnan(value) and math.isnan(other)) or value == pytest.approx(
-                other, rel=1e-4, abs=1e-4
+                other, rel=1e-4, abs=tolerance
             ), (name, key, value, other)
     for a, b in zip(rec_one, rec_three, strict=True):
         assert a.keys() == b.keys()
-        for key in ("pointing.hit", "robustness.pgd_success", "robustness.pgd_prob_drop", "deletion.auc"):
+        for key in ("pointing.hit", "robustness.pgd_success", "robustness.pgd_iou", "deletion.auc"):
             assert a[key] == b[key] or a[key] == pytest.approx(b[key], abs=1e-4), key
+        for key, tolerance in ATTACK_RECORD_TOLERANCE.items():
+            assert a[key] == pytest.approx(b[key], abs=tolerance), key
     # the attack really attacks: the clean top-1 class loses confidence on every image
     assert all(r["robustness.pgd_prob_drop"] > 0 for r in rec_one)
     assert one["sanity"]["final_spearman"] < 0.9  # Grad-CAM passes Adebayo's check: its maps change

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +20,17 @@ from evalcam.data.types import Sample, SkippedImage
 log = logging.getLogger(__name__)
 
 ClassSpec = int | str
+
+#: Images with more pixels are decoded at a reduced size (boxes follow; see :func:`read_image`). No image
+#: of ILSVRC2012 val (largest 18.2 Mpx), VOC or COCO comes near it; a 10k x 10k scan would otherwise cost
+#: gigabytes per map once metrics upsample maps to the image.
+MAX_PIXELS = 25_000_000
+
+Box = Sequence[float]
+
+
+class ImageReadError(OSError):
+    """An image file that cannot be decoded (empty, truncated, not an image, a decompression bomb)."""
 
 
 class DatasetError(ValueError):
@@ -35,6 +48,8 @@ class EvalDataset(Dataset):
 
     name: str = "dataset"
     label_space: str = "imagenet"
+    #: whether samples carry segmentation masks (metrics that need masks check it before a run starts)
+    has_masks: bool = False
 
     def __init__(self) -> None:
         self.ids: list[str] = []
@@ -119,18 +134,52 @@ def uint8_rgb(array) -> torch.Tensor:
     return t.permute(2, 0, 1).contiguous().to(torch.uint8)
 
 
-def read_rgb(path: str | Path) -> torch.Tensor:
-    """Decode an image file into uint8 RGB ``[3, H, W]``, whatever its stored mode.
+def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Decode an image file into uint8 RGB ``[3, H, W]`` (see :func:`read_image`)."""
+    return read_image(path, max_pixels)[0]
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Decode an image file into uint8 RGB ``[3, H, W]``, whatever its stored mode; also return the stored
+    ``(H, W)``, which differs from the decoded size only for images above ``max_pixels``.
 
     PIL detects the format from the bytes (a PNG saved as ``.JPEG`` decodes), converts grayscale, palette
-    and CMYK (including Adobe's inverted CMYK JPEGs) to RGB, and raises ``OSError`` on empty or truncated
-    files, which :class:`EvalDataset` turns into a skipped image. EXIF orientation is deliberately not
-    applied: VOC, COCO and ILSVRC annotations refer to the stored pixel grid.
+    and CMYK (including Adobe's inverted CMYK JPEGs) to RGB; 16-bit grayscale is scaled to 8 bits rather
+    than clipped. Empty, truncated or non-image files, and decompression bombs (over twice PIL's
+    ``MAX_IMAGE_PIXELS``), raise :class:`ImageReadError`, which :class:`EvalDataset` turns into a skipped
+    image. An image above ``max_pixels`` is shrunk while decoding to at most ``max_pixels`` (same aspect);
+    loaders rescale its boxes from the stored size. EXIF orientation is deliberately not applied: VOC,
+    COCO and ILSVRC annotations refer to the stored pixel grid.
     """
-    with Image.open(path) as img:
-        img.load()  # decode now, so truncation raises here rather than later
-        rgb = img.convert("RGB")
-    return uint8_rgb(np.asarray(rgb))
+    try:
+        with warnings.catch_warnings():
+            # Sizes between PIL's bomb warning and its error are handled by max_pixels below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                stored = (int(img.height), int(img.width))
+                if stored[0] * stored[1] > max_pixels:
+                    scale = math.sqrt(max_pixels / (stored[0] * stored[1]))
+                    target = (max(1, int(stored[1] * scale)), max(1, int(stored[0] * scale)))
+                    img.draft("RGB", target)  # JPEG: decode at 1/2, 1/4 or 1/8 scale, cheaply
+                    img.load()  # decode now, so truncation raises here rather than later
+                    rgb = _to_rgb(img).resize(target, Image.Resampling.BOX)
+                else:
+                    img.load()
+                    rgb = _to_rgb(img)
+    except OSError as err:
+        raise ImageReadError(f"{Path(path).name}: {err}") from err
+    except (Image.DecompressionBombError, SyntaxError, EOFError, ValueError) as err:
+        # PIL plugins signal some corrupt files with these instead of OSError.
+        raise ImageReadError(f"{Path(path).name}: {type(err).__name__}: {err}") from err
+    return uint8_rgb(np.asarray(rgb)), stored
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # PIL's own conversion clips 16-bit values at 255 (a white image); scale the range instead.
+        wide = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(np.clip(wide / 257.0, 0, 255).round().astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
 
 
 def rescale_boxes(boxes: torch.Tensor, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> torch.Tensor:
@@ -152,6 +201,50 @@ def rescale_boxes(boxes: torch.Tensor, from_hw: tuple[int, int], to_hw: tuple[in
     out[:, 2] = torch.maximum(out[:, 2], out[:, 0])
     out[:, 3] = torch.maximum(out[:, 3], out[:, 1])
     return out
+
+
+def clean_objects(
+    objects: Sequence[tuple[int, Box, bool]], size: tuple[int, int], where: str
+) -> tuple[list[tuple[int, list[float], bool]], list[str]]:
+    """Check ``(class, box, difficult)`` objects against an image of ``size`` = (H, W), in its pixels.
+
+    Rules (each fix is reported in the returned warnings, one line per object, naming ``where``):
+
+    - a box with a missing or non-finite coordinate, or inverted (``x1 < x0`` or ``y1 < y0``), is dropped;
+    - a box wholly outside the image is dropped;
+    - a box partly outside the image is clipped to it.
+
+    Inclusive corners mean ``x0 == x1`` is a one-pixel-wide box, not an empty one. A dropped box does not
+    drop its class from the image's labels (the annotator saw the object; only its box is unusable), so
+    such a class counts for classification but has no box to localize.
+    """
+    height, width = size
+    kept, notes = [], []
+    for cls, box, difficult in objects:
+        coords = [float(v) for v in box]
+        shown = "[" + ", ".join(f"{v:g}" for v in coords) + "]"
+        if len(coords) != 4 or not all(math.isfinite(v) for v in coords):
+            notes.append(f"{where}: class {cls} box {shown} has missing or non-numeric coordinates; dropped")
+            continue
+        x0, y0, x1, y1 = coords
+        if x1 < x0 or y1 < y0:
+            notes.append(f"{where}: class {cls} box {shown} is inverted (x1 < x0 or y1 < y0); dropped")
+            continue
+        if x1 < 0 or y1 < 0 or x0 > width - 1 or y0 > height - 1:
+            notes.append(f"{where}: class {cls} box {shown} lies outside the {width}x{height} image; dropped")
+            continue
+        clipped = [min(max(x0, 0.0), width - 1), min(max(y0, 0.0), height - 1)]
+        clipped += [min(max(x1, 0.0), width - 1), min(max(y1, 0.0), height - 1)]
+        if clipped != coords:
+            notes.append(f"{where}: class {cls} box {shown} exceeds the {width}x{height} image; clipped")
+        kept.append((int(cls), clipped, bool(difficult)))
+    return kept, notes
+
+
+def report(notes: Sequence[str], logger: logging.Logger = log) -> None:
+    """Log each annotation problem on its own line (the runner also stores them per image)."""
+    for note in notes:
+        logger.warning("annotation: %s", note)
 
 
 def group_boxes(

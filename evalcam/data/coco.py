@@ -15,13 +15,20 @@ Conventions (documented because COCO differs from VOC/ILSVRC):
   does for objects that should neither count nor be penalised; their pixels belong to the class mask.
 - ``Sample.masks[c]`` is the union of all instance masks of class ``c``.
 - Images without any annotation are left out of the evaluation list unless ``skip_empty=False``.
+
+Bad annotations never stop a run (a file that is not COCO JSON at all, or malformed categories, is a
+one-line :class:`~evalcam.data.DatasetError`): image entries without ``id``/``file_name`` and annotations
+of image ids the file does not list are ignored with one warning each kind; annotations of unknown
+categories, boxes that are malformed, zero-area (``w <= 0`` or ``h <= 0``), inverted or outside the image,
+and undecodable segmentations are dropped or clipped with a warning per annotation, also stored in the
+image's ``warnings``; images listed in the file but missing from the image folder are reported at start
+and become skipped images.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -34,12 +41,16 @@ from evalcam.data.base import (
     ClassSpec,
     DatasetError,
     EvalDataset,
+    clean_objects,
     group_boxes,
-    read_rgb,
+    read_image,
+    report,
     require_dir,
     rescale_boxes,
 )
 from evalcam.data.types import Sample
+
+log = logging.getLogger(__name__)
 
 
 def coco_layout(year: str, split: str) -> str:
@@ -57,6 +68,51 @@ def coco_box(bbox: list[float], height: int, width: int) -> list[float]:
     x1 = min(max(math.ceil(x + w) - 1, x0), width - 1)
     y1 = min(max(math.ceil(y + h) - 1, y0), height - 1)
     return [float(x0), float(y0), float(x1), float(y1)]
+
+
+def inclusive_box(bbox: object) -> list[float] | None:
+    """COCO ``[x, y, w, h]`` -> inclusive ``[x0, y0, x1, y1]`` of the touched pixels, *not* clamped (so the
+    caller can report a box outside the image); None when malformed or of zero area."""
+    if not isinstance(bbox, list | tuple) or len(bbox) != 4:
+        return None
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return None
+    # x + w <= x rather than w <= 0: a width below float resolution at x is no width either.
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or x + w <= x or y + h <= y:
+        return None
+    return [
+        float(math.floor(x)),
+        float(math.floor(y)),
+        float(math.ceil(x + w) - 1),
+        float(math.ceil(y + h) - 1),
+    ]
+
+
+def load_instances(path: Path, name: str, layout: str) -> tuple[dict, list[dict], list[dict], list[str]]:
+    """Categories ``{id: name}``, valid image entries, annotations and problems of an instances JSON.
+
+    Only a file that is not an instances JSON at all is an error; bad entries are left out and reported.
+    """
+    try:
+        data = json.loads(path.read_text())
+        categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
+        images, annotations = data["images"], data["annotations"]
+        if not isinstance(images, list) or not isinstance(annotations, list):
+            raise TypeError("'images' and 'annotations' must be lists")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+        raise DatasetError(f"{name}: malformed annotation file {path} ({err!r}); expected {layout}") from err
+    problems = []
+    valid = [i for i in images if isinstance(i, dict) and "id" in i and i.get("file_name")]
+    if len(valid) < len(images):
+        problems.append(f"{len(images) - len(valid)} image entries without id or file_name ignored")
+    ids = {i["id"] for i in valid}
+    orphans = [a for a in annotations if not isinstance(a, dict) or a.get("image_id") not in ids]
+    if orphans:
+        problems.append(f"{len(orphans)} annotations of image ids not listed under 'images' ignored")
+    kept = [a for a in annotations if isinstance(a, dict) and a.get("image_id") in ids]
+    return categories, valid, kept, problems
 
 
 def annotation_mask(segmentation, height: int, width: int) -> np.ndarray:
@@ -111,34 +167,53 @@ class COCODataset(EvalDataset):
         if self.image_dir is None:
             raise DatasetError(f"{self.name}: no images in {base / folder}; expected {layout}")
 
-        from pycocotools.coco import COCO
-
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints progress lines
-                coco = COCO(str(ann_file))
-        except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as err:
-            raise DatasetError(
-                f"{self.name}: malformed annotation file {ann_file} ({err}); expected {layout}"
-            ) from err
-        cat_ids = sorted(coco.getCatIds())
+        categories, images, annotations, problems = load_instances(ann_file, self.name, layout)
+        for problem in problems:
+            log.warning("%s: %s: %s", self.name, ann_file.name, problem)
+        cat_ids = sorted(categories)
         self.category_ids = cat_ids
         self.cat_to_index = {cid: i for i, cid in enumerate(cat_ids)}
-        self.class_names = [coco.cats[cid]["name"] for cid in cat_ids]
-        # Plain dicts instead of the COCO object: small to pickle into DataLoader workers.
+        self.class_names = [categories[cid] for cid in cat_ids]
+        by_image: dict[object, list[dict]] = {}
+        for ann in annotations:
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        # Plain dicts: small to pickle into DataLoader workers.
         self.images: dict[str, dict] = {}
         self.anns: dict[str, list[dict]] = {}
-        for img_id, info in coco.imgs.items():
+        self.notes: dict[str, list[str]] = {}
+        for info in images:
             key = Path(info["file_name"]).stem
-            anns = coco.imgToAnns.get(img_id, [])
+            anns = by_image.get(info["id"], [])
             if skip_empty and not anns:
                 continue
             self.images[key] = info
             self.anns[key] = [a for a in anns if a.get("category_id") in self.cat_to_index]
+            self.notes[key] = [
+                f"{key}: annotation {a.get('id')} has unknown category_id {a.get('category_id')!r}; dropped"
+                for a in anns
+                if a.get("category_id") not in self.cat_to_index
+            ]
         self.ids = sorted(self.images)
         self.subset(limit, classes, subset_seed)
         # Only what the kept images need travels to DataLoader workers.
         self.images = {k: self.images[k] for k in self.ids}
         self.anns = {k: self.anns[k] for k in self.ids}
+        self.notes = {k: self.notes[k] for k in self.ids}
+        missing = [k for k in self.ids if not (self.image_dir / self.images[k]["file_name"]).is_file()]
+        if missing:
+            log.warning(
+                "%s: %d of %d images listed in %s are missing from %s and will be skipped, e.g. %s",
+                self.name,
+                len(missing),
+                len(self.ids),
+                ann_file.name,
+                self.image_dir,
+                missing[:3],
+            )
+
+    @property
+    def has_masks(self) -> bool:  # type: ignore[override]
+        return self.with_masks
 
     def labels_for(self, image_id: str) -> list[int]:
         return sorted({self.cat_to_index[a["category_id"]] for a in self.anns[image_id]})
@@ -146,17 +221,41 @@ class COCODataset(EvalDataset):
     def load(self, index: int) -> Sample:
         image_id = self.ids[index]
         info = self.images[image_id]
-        image = read_rgb(self.image_dir / info["file_name"])
+        path = self.image_dir / info["file_name"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{info['file_name']} is listed in the annotation file but missing")
+        image, stored = read_image(path)
         decoded = (int(image.shape[-2]), int(image.shape[-1]))
-        height, width = int(info.get("height") or decoded[0]), int(info.get("width") or decoded[1])
+        height, width = _positive(info.get("height"), stored[0]), _positive(info.get("width"), stored[1])
         objects = []
+        notes = list(self.notes.get(image_id, []))
+        labels: set[int] = set()
         union: dict[int, np.ndarray] = {}
         for ann in self.anns[image_id]:
             cls = self.cat_to_index[ann["category_id"]]
-            objects.append((cls, coco_box(ann["bbox"], height, width), bool(ann.get("iscrowd", 0))))
+            labels.add(cls)
+            box = inclusive_box(ann.get("bbox"))
+            if box is None:
+                notes.append(
+                    f"{image_id}: annotation {ann.get('id')} bbox {ann.get('bbox')!r} is malformed or has "
+                    f"zero area; box dropped"
+                )
+            else:
+                objects.append((cls, box, bool(ann.get("iscrowd", 0))))
             if self.with_masks and ann.get("segmentation"):
-                mask = annotation_mask(ann["segmentation"], height, width)
+                try:
+                    mask = annotation_mask(ann["segmentation"], height, width)
+                except Exception as err:  # pycocotools raises bare Exception/TypeError/IndexError alike
+                    notes.append(
+                        f"{image_id}: annotation {ann.get('id')} segmentation unreadable ({err}); dropped"
+                    )
+                    continue
                 union[cls] = union[cls] | mask if cls in union else mask
+        if not labels and notes:
+            raise ValueError(f"no annotation of a known category ({notes[0]})")
+        objects, box_notes = clean_objects(objects, (height, width), image_id)
+        notes += box_notes
+        report(notes, log)
         boxes, difficult = group_boxes(objects)
         masks = None
         if self.with_masks:
@@ -169,9 +268,19 @@ class COCODataset(EvalDataset):
         return Sample(
             image=image,
             image_id=image_id,
-            labels=sorted(boxes),
+            labels=sorted(labels),
             boxes={c: rescale_boxes(b, (height, width), decoded) for c, b in boxes.items()},
             difficult=difficult,
             masks=masks,
             orig_size=(height, width),
+            warnings=notes,
         )
+
+
+def _positive(value: object, fallback: int) -> int:
+    """An image entry's height/width, or the stored size when absent or unusable."""
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return fallback
+    return number if number > 0 else fallback

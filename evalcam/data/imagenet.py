@@ -13,12 +13,20 @@ All three store ``[x0, y0, x1, y1]`` as 0-based inclusive pixel indices of the o
 numbers in all three), which is evalcam's convention, so boxes are not shifted. Class indices follow
 torchvision (the sorted WordNet ids in ``imagenet_wnids.txt``). Images stored at another size than the
 original (e.g. a prescaled 227x227 copy) get their boxes rescaled onto the decoded image.
+
+Bad annotations never stop a run: an unknown synset drops its object (or its label) with a warning; an
+unreadable XML file makes its image a skipped image (listed with the reason); boxes outside the image,
+inverted or with non-numeric coordinates are clipped or dropped by
+:func:`evalcam.data.base.clean_objects`, each with a warning that also lands in the image's ``warnings``.
+A metadata file that cannot be read at all (wsolevaluation, CSV header) is a one-line
+:class:`~evalcam.data.DatasetError` naming the file and line.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
@@ -29,8 +37,10 @@ from evalcam.data.base import (
     ClassSpec,
     DatasetError,
     EvalDataset,
+    clean_objects,
     group_boxes,
-    read_rgb,
+    read_image,
+    report,
     require_dir,
     rescale_boxes,
 )
@@ -67,6 +77,7 @@ class ImageRecord:
     labels: set[int] = field(default_factory=set)
     objects: list[tuple[int, list[float]]] = field(default_factory=list)
     size: tuple[int, int] | None = None
+    notes: list[str] = field(default_factory=list)  # annotation problems, reported when the image loads
 
 
 def image_key(name: str) -> str:
@@ -77,40 +88,48 @@ def image_key(name: str) -> str:
     return stem if dot and stem else base
 
 
-def _synset(name: str, where: str) -> int:
+def _number(text: str | None) -> float:
+    """A coordinate as float; NaN when missing or not a number (the box is then dropped with a warning)."""
     try:
-        return wnid_index()[name.strip()]
-    except KeyError:
-        raise DatasetError(f"{where}: {name!r} is not an ILSVRC2012 synset") from None
+        return float(text) if text is not None else math.nan
+    except ValueError:
+        return math.nan
 
 
 def read_wsolevaluation(folder: Path) -> dict[str, ImageRecord]:
     """wsolevaluation metadata (``class_labels.txt``, ``image_sizes.txt``, ``localization.txt``)."""
     records: dict[str, ImageRecord] = {}
     by_name: dict[str, ImageRecord] = {}  # the three files name images identically: key once, reuse
+    where = str(folder)
     try:
-        for line in (folder / "class_labels.txt").read_text().splitlines():
+        for number, line in enumerate((folder / "class_labels.txt").read_text().splitlines(), 1):
+            where = f"{folder / 'class_labels.txt'} line {number}"
             if line.strip():
                 name, label = line.rsplit(",", 1)
+                if not 0 <= int(label) < len(imagenet_wnids()):
+                    raise ValueError(f"class {int(label)} outside 0..{len(imagenet_wnids()) - 1}")
                 record = by_name.get(name)
                 if record is None:
                     record = by_name[name] = records.setdefault(image_key(name), ImageRecord())
                 record.labels.add(int(label))
-        for line in (folder / "image_sizes.txt").read_text().splitlines():
+        for number, line in enumerate((folder / "image_sizes.txt").read_text().splitlines(), 1):
+            where = f"{folder / 'image_sizes.txt'} line {number}"
             if line.strip():
                 name, width, height = line.split(",")
                 if name in by_name:
                     by_name[name].size = (int(height), int(width))
+        where = str(folder / "localization.txt")
         for line in (folder / "localization.txt").read_text().splitlines():
             if line.strip():
                 name, *coords = line.split(",")
                 record = by_name.get(name)
                 if record is not None:
-                    box = [float(v) for v in coords]
+                    # Bad coordinates become NaN: the box is dropped with a warning when the image loads.
+                    box = [_number(v) for v in coords]
                     # wsolevaluation images carry one class, so every box belongs to it.
                     record.objects.extend((cls, box) for cls in record.labels)
     except (ValueError, OSError) as err:
-        raise DatasetError(f"malformed wsolevaluation metadata in {folder}: {err}") from err
+        raise DatasetError(f"malformed wsolevaluation metadata: {where}: {err}") from err
     return records
 
 
@@ -118,24 +137,29 @@ def read_solution_csv(path: Path) -> dict[str, ImageRecord]:
     """Kaggle ``LOC_val_solution.csv``: ``ImageId,PredictionString`` with ``synset x0 y0 x1 y1`` groups,
     or bare synsets (labels without boxes)."""
     records: dict[str, ImageRecord] = {}
+    wnids = wnid_index()
     try:
         with path.open(newline="") as handle:
             for row in csv.DictReader(handle):
                 record = records.setdefault(image_key(row["ImageId"]), ImageRecord())
-                tokens = row["PredictionString"].split()
+                tokens = (row["PredictionString"] or "").split()
                 i = 0
                 while i < len(tokens):
-                    cls = _synset(tokens[i], str(path))
-                    record.labels.add(cls)
+                    cls = wnids.get(tokens[i])
                     coords = tokens[i + 1 : i + 5]
-                    if len(coords) == 4 and not any(t.startswith("n") for t in coords):
-                        record.objects.append((cls, [float(v) for v in coords]))
-                        i += 5
+                    has_box = len(coords) == 4 and not any(t.startswith("n") for t in coords)
+                    if cls is None:
+                        record.notes.append(
+                            f"{path.name} {row['ImageId']}: {tokens[i]!r} is not a synset; dropped"
+                        )
                     else:
-                        i += 1
-    except (KeyError, ValueError, OSError) as err:
+                        record.labels.add(cls)
+                        if has_box:
+                            record.objects.append((cls, [_number(v) for v in coords]))
+                    i += 5 if has_box else 1
+    except (KeyError, OSError, csv.Error, UnicodeDecodeError) as err:
         raise DatasetError(
-            f"malformed LOC_val_solution.csv {path}: {err} (expected columns ImageId,PredictionString)"
+            f"malformed LOC_val_solution.csv {path}: {err!r} (expected columns ImageId,PredictionString)"
         ) from err
     return records
 
@@ -146,15 +170,23 @@ def read_bbox_xml(path: Path) -> ImageRecord:
     record = ImageRecord()
     size = root.find("size")
     if size is not None:
-        record.size = (int(size.findtext("height", "0")), int(size.findtext("width", "0")))
+        height, width = _number(size.findtext("height")), _number(size.findtext("width"))
+        if math.isfinite(height) and math.isfinite(width) and min(height, width) > 0:
+            record.size = (int(height), int(width))
+        else:
+            record.notes.append(f"{path.name}: unreadable <size> {width}x{height}; the image's size is used")
     for obj in root.iter("object"):
-        cls = _synset(obj.findtext("name", ""), str(path))
+        name = obj.findtext("name", "").strip()
+        cls = wnid_index().get(name)
+        if cls is None:
+            record.notes.append(f"{path.name}: {name!r} is not an ILSVRC2012 synset; object dropped")
+            continue
         record.labels.add(cls)
         bnd = obj.find("bndbox")
         if bnd is not None:
-            record.objects.append(
-                (cls, [float(bnd.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax")])
-            )
+            record.objects.append((cls, [_number(bnd.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]))
+    if not record.labels:
+        raise ValueError(f"{path.name}: no object of an ILSVRC2012 synset")
     return record
 
 
@@ -223,6 +255,7 @@ class ImageNetVal(EvalDataset):
         super().__init__()
         self.root = require_dir(root, "imagenet_val", LAYOUT)
         self.class_names = imagenet_categories()
+        self.errors: dict[str, str] = {}
         self.paths, list_labels = self._find_images(image_list)
         self.records = self._read_annotations(annotations, list_labels)
         if image_sizes is not None:
@@ -256,6 +289,7 @@ class ImageNetVal(EvalDataset):
         # Only what the kept images need travels to DataLoader workers.
         self.records = {k: self.records[k] for k in self.ids}
         self.paths = {k: self.paths[k] for k in self.ids}
+        self.errors = {k: self.errors[k] for k in self.ids if k in self.errors}
 
     def _find_images(self, image_list: str | Path | None) -> tuple[dict[str, Path], dict[str, int]]:
         listing = Path(image_list) if image_list else None
@@ -296,8 +330,16 @@ class ImageNetVal(EvalDataset):
                 if xml.is_file():
                     try:
                         records[key] = read_bbox_xml(xml)
-                    except ET.ParseError as err:
-                        log.warning("imagenet_val: unreadable annotation %s (%s); image left out", xml, err)
+                    except (ET.ParseError, ValueError, OSError) as err:
+                        # Kept in the list as a skipped image, so the run counts and lists it.
+                        self.errors[key] = f"annotation unreadable: {type(err).__name__}: {err}"
+                        records[key] = ImageRecord()
+            if self.errors:
+                log.warning(
+                    "imagenet_val: %d annotation file(s) unreadable, e.g. %s",
+                    len(self.errors),
+                    next(iter(self.errors.values())),
+                )
             return records
         raise DatasetError(f"imagenet_val: annotations {source} not recognised; expected {LAYOUT}")
 
@@ -312,18 +354,24 @@ class ImageNetVal(EvalDataset):
 
     def load(self, index: int) -> Sample:
         image_id = self.ids[index]
+        if image_id in self.errors:
+            raise ValueError(self.errors[image_id])
         record = self.records[image_id]
-        image = read_rgb(self.paths[image_id])
+        image, stored = read_image(self.paths[image_id])
         decoded = (int(image.shape[-2]), int(image.shape[-1]))
-        boxes, difficult = group_boxes([(c, box, False) for c, box in record.objects])
+        # Boxes far beyond a prescaled copy mean its original size is needed, not that boxes are wrong.
         if record.size is None and any(
-            float(b[:, 2].max()) >= decoded[1] or float(b[:, 3].max()) >= decoded[0] for b in boxes.values()
+            len(box) == 4 and (box[2] >= stored[1] or box[3] >= stored[0]) for _, box in record.objects
         ):
             raise ValueError(
-                f"boxes of {image_id} exceed its {decoded[1]}x{decoded[0]} image and its original "
+                f"boxes of {image_id} exceed its {stored[1]}x{stored[0]} image and its original "
                 f"size is unknown; pass image_sizes= (a name,W,H file)"
             )
-        original = record.size or decoded
+        original = record.size or stored
+        objects, notes = clean_objects([(c, box, False) for c, box in record.objects], original, image_id)
+        notes = record.notes + notes
+        report(notes, log)
+        boxes, difficult = group_boxes(objects)
         boxes = {c: rescale_boxes(b, original, decoded) for c, b in boxes.items()}
         return Sample(
             image=image,
@@ -332,4 +380,5 @@ class ImageNetVal(EvalDataset):
             boxes=boxes,
             difficult=difficult,
             orig_size=original,
+            warnings=notes,
         )

@@ -13,7 +13,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from evalcam.data.base import EvalDataset, uint8_rgb
+from evalcam.data.base import ClassSpec, EvalDataset, uint8_rgb
 from evalcam.data.imagenet_classes import imagenet_categories
 from evalcam.data.types import Sample
 
@@ -52,7 +52,13 @@ class SampleDataset(EvalDataset):
     name = "sample"
     label_space = "imagenet"
 
-    def __init__(self, limit: int | None = None, ids: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        limit: int | None = None,
+        ids: list[str] | None = None,
+        classes: list[ClassSpec] | ClassSpec | None = None,
+        subset_seed: int | None = None,
+    ) -> None:
         super().__init__()
         self.records = {r["id"]: r for r in read_annotations()["images"]}
         self.ids = list(ids) if ids else list(self.records)
@@ -60,7 +66,10 @@ class SampleDataset(EvalDataset):
         if unknown:
             raise ValueError(f"unknown sample ids {unknown}; valid: {sorted(self.records)}")
         self.class_names = imagenet_categories()
-        self.subset(limit)
+        self.subset(limit, classes, subset_seed)
+
+    def labels_for(self, image_id: str) -> list[int]:
+        return sorted({c for obj in self.records[image_id]["objects"] for c in obj["classes"]})
 
     def load(self, index: int) -> Sample:
         record = self.records[self.ids[index]]

@@ -19,7 +19,8 @@ class Sample:
     ``image`` is uint8 RGB ``[3, H, W]`` at the resolution the boxes refer to.
     ``boxes[c]`` is a float tensor ``[N, 4]`` of the instances of class ``c``; ``difficult[c]`` a bool
     tensor ``[N]`` aligned with it. ``masks[c]`` (when the dataset has masks) is a bool ``[H, W]`` union
-    mask of class ``c``. ``labels`` are the classes present, in the dataset's label space.
+    mask of class ``c``. ``labels`` are the classes present, in the dataset's label space; a class whose
+    boxes were all unusable stays in ``labels`` without an entry in ``boxes``.
     """
 
     image: torch.Tensor
@@ -29,6 +30,8 @@ class Sample:
     difficult: dict[int, torch.Tensor] = field(default_factory=dict)
     masks: dict[int, torch.Tensor] | None = None
     orig_size: tuple[int, int] = (0, 0)
+    #: annotation problems the loader fixed or dropped (clipped boxes, unknown classes, ...), one line each
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> tuple[int, int]:

@@ -7,20 +7,30 @@ pointing game of Zhang et al., ECCV 2016, reports an "all" and a "difficult" sub
 
 VOC boxes are 1-based inclusive pixel indices (MATLAB convention of the devkit); evalcam boxes are 0-based
 inclusive, so 1 is subtracted from every coordinate.
+
+Bad annotations never stop a run: an unparsable XML file makes its image a skipped image (listed with the
+reason); an object of an unknown class is dropped with a warning (the image is skipped when no object of a
+VOC class is left); boxes outside the image, inverted or with non-numeric coordinates are clipped or
+dropped by :func:`evalcam.data.base.clean_objects`, each with a warning that also lands in the image's
+``warnings`` column of the run's table.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import NamedTuple
 
 from evalcam.data.base import (
     ClassSpec,
     DatasetError,
     EvalDataset,
+    clean_objects,
     group_boxes,
-    read_rgb,
+    read_image,
+    report,
     require_dir,
     rescale_boxes,
 )
@@ -57,27 +67,63 @@ def find_voc_dir(root: str | Path | None, year: str, split: str) -> Path:
     )
 
 
-def parse_voc_xml(path: Path) -> tuple[tuple[int, int] | None, list[tuple[int, list[float], bool]]]:
-    """Read one VOC annotation: ``(H, W)`` from ``<size>`` and ``(class, 0-based box, difficult)`` objects."""
+def number(text: str | None) -> float:
+    """A coordinate as float; NaN when missing or not a number (the box is then dropped with a warning)."""
+    try:
+        return float(text) if text is not None else math.nan
+    except ValueError:
+        return math.nan
+
+
+class VOCAnnotation(NamedTuple):
+    """One parsed VOC XML file. ``objects`` hold 0-based boxes as written (checked against the image at
+    load time); ``labels`` also keep classes whose objects lack a box; ``notes`` are per-object warnings."""
+
+    size: tuple[int, int] | None
+    objects: list[tuple[int, list[float], bool]]
+    labels: set[int]
+    notes: list[str]
+
+
+def parse_voc_xml(path: Path) -> VOCAnnotation:
+    """Read one VOC annotation: ``(H, W)`` from ``<size>`` and ``(class, 0-based box, difficult)`` objects.
+
+    Raises ``ET.ParseError`` for malformed XML and ``ValueError`` when no object of a VOC class is left;
+    objects of unknown classes, objects without ``<bndbox>`` and an unreadable ``<size>`` give notes.
+    """
     root = ET.parse(path).getroot()
     size = root.find("size")
     hw = None
+    notes: list[str] = []
     if size is not None:
-        hw = (int(size.findtext("height", "0")), int(size.findtext("width", "0")))
-        hw = hw if min(hw) > 0 else None  # a few VOC files store 0x0; the decoded size is used then
+        height, width = number(size.findtext("height")), number(size.findtext("width"))
+        if math.isfinite(height) and math.isfinite(width) and min(height, width) > 0:
+            hw = (int(height), int(width))
+        elif not (height == 0 and width == 0):  # a few real VOC files store 0x0: silently use the image
+            notes.append(f"{path.name}: unreadable <size> {width}x{height}; the decoded image size is used")
     objects = []
+    labels: set[int] = set()
+    unknown = []
     for obj in root.iter("object"):
         name = obj.findtext("name", "").strip()
         if name not in VOC_CLASSES:
-            raise ValueError(f"{path.name}: unknown VOC class {name!r}")
+            unknown.append(name)
+            notes.append(f"{path.name}: unknown VOC class {name!r}; object dropped")
+            continue
+        cls = VOC_CLASSES.index(name)
+        labels.add(cls)
         bnd = obj.find("bndbox")
         if bnd is None:
-            raise ValueError(f"{path.name}: object {name!r} has no bndbox")
+            notes.append(f"{path.name}: {name} object has no <bndbox>; class kept, no box")
+            continue
         # Some VOC2012 files store coordinates as floats ("273.0"); -1 moves 1-based to 0-based.
-        box = [float(bnd.findtext(k, "nan")) - 1.0 for k in ("xmin", "ymin", "xmax", "ymax")]
+        box = [number(bnd.findtext(k)) - 1.0 for k in ("xmin", "ymin", "xmax", "ymax")]
         difficult = (obj.findtext("difficult") or "0").strip() in {"1", "1.0", "true", "True"}
-        objects.append((VOC_CLASSES.index(name), box, difficult))
-    return hw, objects
+        objects.append((cls, box, difficult))
+    if not labels:
+        found = f"only unknown classes {sorted(set(unknown))}" if unknown else "no <object>"
+        raise ValueError(f"{path.name}: {found}; expected one of the 20 VOC classes")
+    return VOCAnnotation(hw, objects, labels, notes)
 
 
 class VOCDataset(EvalDataset):
@@ -112,7 +158,7 @@ class VOCDataset(EvalDataset):
         ids = sorted({line.split()[0] for line in listing.read_text().splitlines() if line.strip()})
         # Annotations are parsed up front (a few ms per 100 files) so labels and class filters need no
         # image decoding; a broken file is remembered and reported as a skipped image.
-        self.annotations: dict[str, tuple[tuple[int, int] | None, list]] = {}
+        self.annotations: dict[str, VOCAnnotation] = {}
         self.errors: dict[str, str] = {}
         for image_id in ids:
             try:
@@ -135,22 +181,26 @@ class VOCDataset(EvalDataset):
     def labels_for(self, image_id: str) -> list[int]:
         if image_id in self.errors:
             return []
-        return sorted({cls for cls, _, _ in self.annotations[image_id][1]})
+        return sorted(self.annotations[image_id].labels)
 
     def load(self, index: int) -> Sample:
         image_id = self.ids[index]
         if image_id in self.errors:
             raise ValueError(self.errors[image_id])
-        size, objects = self.annotations[image_id]
-        image = read_rgb(self.voc_dir / "JPEGImages" / f"{image_id}.jpg")
+        annotation = self.annotations[image_id]
+        image, stored = read_image(self.voc_dir / "JPEGImages" / f"{image_id}.jpg")
         decoded = (int(image.shape[-2]), int(image.shape[-1]))
-        original = size or decoded
+        original = annotation.size or stored
+        objects, notes = clean_objects(annotation.objects, original, f"{image_id}.xml")
+        notes = annotation.notes + notes
+        report(notes, log)
         boxes, difficult = group_boxes(objects)
         return Sample(
             image=image,
             image_id=image_id,
-            labels=sorted(boxes),
+            labels=sorted(annotation.labels),
             boxes={c: rescale_boxes(b, original, decoded) for c, b in boxes.items()},
             difficult=difficult,
             orig_size=original,
+            warnings=notes,
         )

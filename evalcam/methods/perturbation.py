@@ -27,6 +27,7 @@ from evalcam.methods.base import (
     resolve_targets,
 )
 from evalcam.methods.cam import LinearHeadProbe
+from evalcam.methods.graph_tail import GraphTail, PreparedTail
 from evalcam.methods.hooks import forward_hooks
 from evalcam.models.layers import resolve_layer
 
@@ -105,8 +106,41 @@ class ScoreCAM(CAMExplainer):
         self, images: torch.Tensor, acts: torch.Tensor, classes: torch.Tensor | None, fns: list[TargetFn]
     ) -> torch.Tensor:
         """``[B, C, K]`` target scores of the images masked by each channel's normalised activation."""
+        if classes is None:
+            return self._masked_scores_dense(images, acts, fns)
         b, c = acts.shape[:2]
-        per_forward = max(1, self.chunk_size // b)  # channels per pass; every pass holds all B images
+        flat = acts.flatten(2)
+        varying = flat.amax(2) > flat.amin(2)
+        # A constant channel carries no spatial information, so its mask is all zeros (as in
+        # pytorch-grad-cam) and the masked input is the all-zero image whatever the channel: one forward
+        # pass serves all of them. Behind a ReLU half of the channels are dead, so this halves the cost.
+        with self._autocast():
+            zero_out = self.model(torch.zeros_like(images[:1]))
+        zero = self._scores(zero_out.expand(b, -1)[None], classes, fns)[0]  # [B, K]
+        scores = zero[:, None, :].expand(b, c, -1).clone()
+        pairs = varying.nonzero()  # (image, channel) pairs that need their own forward pass
+        for start in range(0, len(pairs), self.chunk_size):
+            image_idx, channel_idx = pairs[start : start + self.chunk_size].unbind(1)
+            part = F.interpolate(
+                acts[image_idx, channel_idx][:, None],
+                size=images.shape[-2:],
+                mode="bilinear",
+                align_corners=self.align_corners,
+            )
+            low = part.amin(dim=(2, 3), keepdim=True)
+            span = part.amax(dim=(2, 3), keepdim=True) - low
+            masks = (part - low) / span.clamp_min(torch.finfo(part.dtype).tiny)
+            with self._autocast():
+                outputs = self.model((masks * images[image_idx]).to(images.dtype))
+            scores[image_idx, channel_idx] = self._scores(outputs[None], classes[image_idx], fns)[0]
+        return scores
+
+    def _masked_scores_dense(
+        self, images: torch.Tensor, acts: torch.Tensor, fns: list[TargetFn]
+    ) -> torch.Tensor:
+        """Callable targets see whole ``[B, num_classes]`` batches, so every pass holds all B images."""
+        b, c = acts.shape[:2]
+        per_forward = max(1, self.chunk_size // b)
         scores = []
         for start in range(0, c, per_forward):
             part = F.interpolate(
@@ -117,12 +151,11 @@ class ScoreCAM(CAMExplainer):
             )
             low = part.amin(dim=(2, 3), keepdim=True)
             span = part.amax(dim=(2, 3), keepdim=True) - low
-            # A constant channel carries no spatial information: its mask is all zeros (pytorch-grad-cam too).
             masks = torch.where(span > 0, (part - low) / torch.where(span > 0, span, 1.0), 0.0)
             masked = masks.transpose(0, 1)[:, :, None] * images[None]  # [m, B, channels, H, W]
             with self._autocast():
                 outputs = self.model(masked.flatten(0, 1).to(images.dtype))
-            scores.append(self._scores(outputs.view(masked.shape[0], b, -1), classes, fns))
+            scores.append(self._scores(outputs.view(masked.shape[0], b, -1), None, fns))
         return torch.cat(scores).transpose(0, 1)
 
     def explain(self, images: torch.Tensor, targets: Targets) -> Explanation:
@@ -158,9 +191,15 @@ class AblationCAM(CAMExplainer):
       forward pass) zeroing channel ``k`` changes the logits by exactly ``-W[:, k] * mean_ij A_k``: no
       extra forward pass at all.
     - ``"tail"``: ``tail(raw_activation) -> logits`` re-runs only the layers after the target.
-    - ``"rerun"``: generic fallback, the whole model re-runs on chunks of ablated copies while a forward
-      hook substitutes the target layer's output.
-    - ``"auto"`` (default): analytic when the head checks out, else tail when given, else rerun.
+    - ``"graph"``: the same without a hand-written tail: the model is traced with ``torch.fx`` and only the
+      graph nodes that depend on the target layer are evaluated on the ablated copies, the values they
+      read from before the layer (skip connections) computed once per batch
+      (:mod:`evalcam.methods.graph_tail`). Checked on every batch: the cut graph must give back the
+      model's logits on unablated copies.
+    - ``"rerun"``: last resort for models ``torch.fx`` cannot trace: the whole model re-runs on chunks of
+      ablated copies while a forward hook substitutes the target layer's output.
+    - ``"auto"`` (default): analytic when the head checks out, else tail when given, else graph when the
+      model traces and the check passes, else rerun.
 
     The ablated channel is dim 1 of the layer's raw output, or its last dim when ``reshape`` is set
     (token layers ``[B, T, C]``, as pytorch-grad-cam's ``AblationLayerVit``). The target layer must run once
@@ -183,8 +222,8 @@ class AblationCAM(CAMExplainer):
         autocast: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(model, target_layer, reshape=reshape, relu=relu, autocast=autocast)
-        if mode not in ("auto", "analytic", "tail", "rerun"):
-            raise ValueError(f"Ablation-CAM mode must be auto, analytic, tail or rerun, got {mode!r}")
+        if mode not in ("auto", "analytic", "tail", "graph", "rerun"):
+            raise ValueError(f"Ablation-CAM mode must be auto, analytic, tail, graph or rerun, got {mode!r}")
         if mode == "analytic" and (not classifier or len(self.layers) != 1):
             raise ValueError(
                 "Ablation-CAM mode=analytic needs classifier=<final nn.Linear> and one target layer"
@@ -193,6 +232,9 @@ class AblationCAM(CAMExplainer):
             raise ValueError("Ablation-CAM mode=tail needs tail=<callable: layer output -> logits>")
         self.classifier, self.mode, self.tail, self.chunk_size = classifier, mode, tail, int(chunk_size)
         self.last_mode: str | None = None  # the path the last call took (for logs and tests)
+        # Traced splits of the current model by layer name; dropped when ``self.model`` is swapped.
+        self._splits: dict[str, GraphTail | None] = {}
+        self._splits_of: nn.Module | None = None
 
     def _ablated_copies(self, raw: torch.Tensor, start: int, count: int) -> torch.Tensor:
         """``[count * B, ...]``: copy ``j`` of every image has channel ``start + j`` zeroed."""
@@ -213,6 +255,7 @@ class AblationCAM(CAMExplainer):
         fns: list[TargetFn],
         channels: int,
         mode: str,
+        graph: PreparedTail | None = None,
     ) -> torch.Tensor:
         b = images.shape[0]
         per_forward = max(1, self.chunk_size // b)
@@ -224,6 +267,9 @@ class AblationCAM(CAMExplainer):
                 if mode == "tail":
                     assert self.tail is not None
                     outputs = self.tail(copies)
+                elif mode == "graph":
+                    assert graph is not None
+                    outputs = graph(copies)
                 else:
                     with forward_hooks([(layer, _substitute(copies))]):
                         outputs = self.model(images.repeat(count, *([1] * (images.ndim - 1))))
@@ -276,12 +322,47 @@ class AblationCAM(CAMExplainer):
                     weight = probe.module.weight.detach().float()
                     ablated = self._analytic_scores(logits, acts, weight, classes, fns)
                 else:
+                    graph = None
+                    if mode in ("graph", "auto"):
+                        graph = self._graph_tail(name, images, raw, logits)
+                        if graph is None and mode == "graph":
+                            raise ValueError(
+                                f"Ablation-CAM mode=graph: {type(self.model).__name__} cannot be traced and "
+                                f"cut at {name!r} with torch.fx; use mode=rerun or pass tail="
+                            )
+                        mode = "graph" if graph is not None else "rerun"
+                        self.last_mode = mode
                     layer = resolve_layer(self.model, name)
-                    ablated = self._forward_scores(images, raw, layer, classes, fns, acts.shape[1], mode)
+                    ablated = self._forward_scores(
+                        images, raw, layer, classes, fns, acts.shape[1], mode, graph
+                    )
                 weights = (scores[:, None, :] - ablated) / denominator[:, None, :]
                 maps = torch.einsum("bck,bchw->bkhw", weights, acts)
                 per_layer.append(F.relu(maps) if self.relu else maps)
         return Explanation(maps=_per_column(per_layer), logits=logits.float(), classes=classes)
+
+    def _graph_tail(
+        self, name: str, images: torch.Tensor, raw: torch.Tensor, logits: torch.Tensor
+    ) -> PreparedTail | None:
+        """The model cut after layer ``name``, bound to this batch and checked on it; None if unusable."""
+        if self._splits_of is not self.model:
+            self._splits, self._splits_of = {}, self.model
+        # A cached graph goes stale when a submodule of the same model object is replaced; the check
+        # against the model's own logits catches that, and the model is traced afresh once.
+        for fresh in (name not in self._splits, True):
+            if fresh:
+                self._splits[name] = GraphTail.trace(self.model, name)
+            split = self._splits[name]
+            if split is None:
+                return None
+            with self._autocast():
+                prepared = split.prepare(images)
+                if prepared.verify(raw, logits, rtol=3e-2 if self.autocast is not None else 1e-4):
+                    return prepared
+            if fresh:
+                break
+        self._splits[name] = None  # cut but wrong on this model (e.g. reads the batch size): re-run it whole
+        return None
 
     def _choose_mode(self, probe: LinearHeadProbe | None, acts: torch.Tensor, logits: torch.Tensor) -> str:
         mode = self.mode
@@ -296,6 +377,7 @@ class AblationCAM(CAMExplainer):
                     f"Ablation-CAM mode=analytic needs a GAP+FC head after the target layer: {problem}"
                 )
             else:
-                mode = "tail" if self.tail is not None else "rerun"
+                # "auto" still: explain() tries the traced graph before re-running the whole model.
+                mode = "tail" if self.tail is not None else "auto"
         self.last_mode = mode
         return mode

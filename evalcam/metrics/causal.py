@@ -33,6 +33,7 @@ from scipy.ndimage import gaussian_filter
 from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.perturb import fill_value, model_of, normalization, scores_of_items
+from evalcam.metrics.stats import flat_maps
 
 
 def curve_auc(scores: torch.Tensor) -> torch.Tensor:
@@ -58,11 +59,15 @@ def blur(inputs: torch.Tensor, size: int = 11, sigma: float = 5.0) -> torch.Tens
     return F.conv2d(inputs, weight, padding=size // 2, groups=channels)
 
 
-def saliency_rank(cams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def saliency_rank(
+    cams: torch.Tensor, degenerate: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Position of every pixel in decreasing-saliency order ``[B, H*W]`` (0 = most salient), and a
-    ``[B]`` flag of degenerate maps (ranked by raster order)."""
+    ``[B]`` flag of degenerate maps (ranked by raster order); ``degenerate`` adds flags found before the
+    maps were resampled."""
     flat = cams.flatten(1).double()
-    degenerate = ~torch.isfinite(flat).all(1) | ~(flat.amax(1) > flat.amin(1))
+    found = ~torch.isfinite(flat).all(1) | ~(flat.amax(1) > flat.amin(1))
+    degenerate = found if degenerate is None else found | degenerate.to(found.device)
     flat = torch.where(degenerate[:, None], torch.zeros_like(flat), flat)
     order = torch.argsort(-flat, dim=1, stable=True)
     rank = torch.empty_like(order)
@@ -112,7 +117,7 @@ class CausalMetric(Metric):
         substrate = self.substrate_of(batch)
         start, finish = (inputs, substrate) if self.mode == "deletion" else (substrate, inputs)
         cams = upsample(batch.pred_maps[:, 0].to(inputs.device), (int(height), int(width)))
-        rank, degenerate = saliency_rank(cams)
+        rank, degenerate = saliency_rank(cams, flat_maps(batch.pred_maps[:, 0]))
         rank = rank.view(-1, 1, height, width)
         points = math.ceil(height * width / self.step) + 1
         classes = batch.pred_classes[:, 0].to(inputs.device)

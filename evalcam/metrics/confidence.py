@@ -23,6 +23,7 @@ import torch
 from evalcam.maps import normalize, upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.perturb import model_of, normalization, scores_of_items
+from evalcam.metrics.stats import flat_maps
 
 
 def masked_inputs(
@@ -31,9 +32,10 @@ def masked_inputs(
     """``E = I ⊙ L`` as network inputs, with ``L`` = min-max normalized ``cams`` at input size; and the
     ``[B]`` flags of degenerate maps (replaced by zeros)."""
     size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+    degenerate = flat_maps(cams.to(inputs.device))  # judged before resampling (see metrics.stats)
     cams = upsample(cams.to(inputs.device), size)
     flat = cams.flatten(1)
-    degenerate = ~torch.isfinite(flat).all(1) | ~(flat.amax(1) > flat.amin(1))
+    degenerate = degenerate | ~torch.isfinite(flat).all(1) | ~(flat.amax(1) > flat.amin(1))
     weights = torch.where(degenerate.view(-1, 1, 1), torch.zeros_like(cams), normalize(cams)).unsqueeze(1)
     if space == "pixel":
         return ((inputs * std + mean) * weights - mean) / std, degenerate

@@ -29,7 +29,7 @@ import torch
 from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.perturb import class_scores, fill_value, model_of, normalization, scores_of_items
-from evalcam.metrics.stats import spearman
+from evalcam.metrics.stats import flat_maps, spearman
 
 
 def patch_origins(length: int, patch: int, stride: int) -> list[int]:
@@ -116,6 +116,9 @@ class OcclusionFaithfulness(Metric):
         )
         cams = upsample(batch.pred_maps[:, 0].to(inputs.device), size)
         rho, valid = spearman(cams, occlusion)
+        # A constant map is judged before resampling, which leaves float ripples a ranking would order.
+        valid = valid & ~flat_maps(batch.pred_maps[:, 0]).to(valid.device)
+        rho = torch.where(valid, rho, torch.zeros_like(rho))
         self.spearman_sum = self.spearman_sum + rho.sum().to(self.device)
         self.images = self.images + len(rho)
         self.degenerate = self.degenerate + (~valid).sum().to(self.device)

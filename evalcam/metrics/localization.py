@@ -10,9 +10,10 @@ segment and its bounding box. Following the ILSVRC localization challenge that T
   of that class);
 - top-5 loc error: that holds for none of the top-5 predictions.
 
-A map with no signal (all <= 0, or NaN/Inf) yields no box: it counts as a localization failure and is
-counted in ``degenerate_maps``. Boxes are computed only where they can matter: for the top-1 class
-(always, it is recorded) and for top-5 classes that are ground-truth classes.
+A map with no signal (all <= 0, NaN/Inf anywhere, or constant as the method returned it, e.g. a 1x1 map
+from a layer after global pooling) yields no box: it counts as a localization failure and is counted in
+``degenerate_maps``. Boxes are computed only where they can matter: for the top-1 class (always, it is
+recorded) and for top-5 classes that are ground-truth classes.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import torch
 from evalcam.maps import is_degenerate, upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.boxes import box_iou, largest_component_box
+from evalcam.metrics.stats import flat_maps
 
 
 def map_to_box(cam: torch.Tensor, threshold: float) -> tuple[int, int, int, int] | None:
     """Box of the largest segment of ``cam >= threshold * max(cam)``; None for a degenerate map."""
-    if bool(is_degenerate(cam)):
+    # A constant map would threshold to the whole image: a box that says nothing about the map.
+    if bool(is_degenerate(cam)) or bool(cam.max() <= cam.min()):
         return None
     mask = cam >= threshold * cam.max()
     return largest_component_box(mask.cpu().numpy())
@@ -60,9 +63,10 @@ class WeakLocalization(Metric):
             hits_cls = [int(c) in labels for c in classes[i]]
             wanted = [k for k in range(classes.shape[1]) if k == 0 or hits_cls[k]]
             cams = upsample(batch.pred_maps[i, wanted], sample.size)
+            flat = flat_maps(batch.pred_maps[i, wanted]).tolist()  # judged before resampling
             boxes, ious, degenerate = {}, {}, 0
-            for cam, k in zip(cams, wanted, strict=True):
-                box = map_to_box(cam, self.threshold)
+            for cam, k, is_flat in zip(cams, wanted, flat, strict=True):
+                box = None if is_flat else map_to_box(cam, self.threshold)
                 degenerate += box is None
                 boxes[k] = box
                 ious[k] = best_iou(box, sample.boxes.get(int(classes[i, k]))) if hits_cls[k] else 0.0

@@ -41,6 +41,7 @@ from scipy import ndimage
 from evalcam.metrics.base import EvalBatch, Metric
 from evalcam.metrics.boxes import EIGHT_CONNECTED
 from evalcam.metrics.regions import clipped_boxes
+from evalcam.metrics.stats import flat_maps
 
 
 def resize_map(cam: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
@@ -157,7 +158,10 @@ class MaxBoxAcc(Metric):
                 ).numpy()
                 if len(gt) == 0:
                     continue  # no box to compare with: not a localization target
-                quantized = quantize(resize_map(batch.gt_maps[i, col], sample.size, self.interpolation))
+                raw = batch.gt_maps[i, col]
+                # Judged before resampling: min-max normalization would blow resampling noise up to [0, 1].
+                flat = bool(flat_maps(raw))
+                quantized = None if flat else quantize(resize_map(raw, sample.size, self.interpolation))
                 degenerate += quantized is None
                 v1, v2 = best_ious(self.levels, quantized, gt)
                 hits_v1 += v1[None, :] >= deltas

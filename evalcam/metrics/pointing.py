@@ -20,8 +20,9 @@ in ``degenerate_maps``.
 
 Energy-based pointing game: the share of the map's energy inside the class region,
 ``sum(L * region) / sum(L)`` with ``L = max(map, 0)`` upsampled bilinearly to the image. Targets and skips
-as above; ``energy`` is the mean over evaluated (image, class) pairs. A degenerate map (non-finite, or no
-positive energy) scores 0 (it puts no energy in the box) and is counted in ``degenerate_maps``.
+as above; ``energy`` is the mean over evaluated (image, class) pairs. A degenerate map (non-finite, no
+positive energy, or constant: it singles out no region) scores 0, like a miss of the pointing game, and is
+counted in ``degenerate_maps``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from evalcam.metrics.regions import (
     not_evaluated,
     pointing_hit,
 )
+from evalcam.metrics.stats import flat_maps
 
 
 def _gt_pairs(batch: EvalBatch) -> list[list[tuple[int, int]]]:
@@ -53,7 +55,7 @@ def _gt_pairs(batch: EvalBatch) -> list[list[tuple[int, int]]]:
 
 def is_flat(cam: torch.Tensor) -> bool:
     """No usable maximum: non-finite values or a constant map."""
-    return (not bool(torch.isfinite(cam).all())) or bool(cam.max() <= cam.min())
+    return bool(flat_maps(cam))
 
 
 class PointingGame(Metric):
@@ -94,7 +96,7 @@ class PointingGame(Metric):
                     points.append(None)
                     continue
                 cam = upsample(batch.gt_maps[i, col], sample.size).cpu()
-                if is_flat(cam):
+                if is_flat(batch.gt_maps[i, col]) or is_flat(cam):  # the method's map, then resampled
                     degenerate += 1
                     hit, point = False, None
                 else:
@@ -144,8 +146,9 @@ class PointingGame(Metric):
 
 
 def energy_in_region(cam: torch.Tensor, region: torch.Tensor) -> float | None:
-    """Share of ``max(cam, 0)`` inside the bool ``region``; None when the map has no positive energy."""
-    if not bool(torch.isfinite(cam).all()):
+    """Share of ``max(cam, 0)`` inside the bool ``region``; None for a degenerate map (non-finite, constant,
+    or without positive energy)."""
+    if is_flat(cam):
         return None
     energy = cam.double().clamp_min(0)
     total = float(energy.sum())
@@ -173,7 +176,8 @@ class EnergyPointingGame(Metric):
                     shares.append(None)
                     continue
                 cam = upsample(batch.gt_maps[i, col], sample.size).cpu()
-                share = energy_in_region(cam, class_mask(sample, cls))
+                flat = is_flat(batch.gt_maps[i, col])  # judged before resampling
+                share = None if flat else energy_in_region(cam, class_mask(sample, cls))
                 if share is None:
                     self.degenerate = self.degenerate + 1
                     share = 0.0

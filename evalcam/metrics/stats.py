@@ -7,6 +7,10 @@ Correlation is undefined when either row is constant or holds NaN/Inf. The rule 
 robustness and sanity metrics is: such a pair is scored **0** (the map carries no ranking, so it shares
 none with the reference) and reported as invalid so the metric counts it in ``degenerate_maps``. Scoring
 instead of dropping keeps every method evaluated on the same images.
+
+:func:`flat_maps` is the test every metric applies to a map *as the method returned it*: resampling a
+constant map to image size is not exactly constant in float32 (bilinear weights leave ~1e-7 ripples), so
+deciding after resampling would rank, threshold or argmax rounding noise.
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
     count = torch.zeros_like(ordered).scatter_add_(-1, group, torch.ones_like(position))
     sorted_ranks = (total / count.clamp_min(1)).gather(-1, group)
     return torch.empty_like(sorted_ranks).scatter_(-1, order, sorted_ranks)
+
+
+def flat_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Per ``[h, w]`` map of ``[..., h, w]``: True when it holds NaN/Inf or is constant (bool ``[...]``)."""
+    flat = maps.detach().flatten(-2)
+    return ~torch.isfinite(flat).all(-1) | ~(flat.amax(-1) > flat.amin(-1))
 
 
 def _valid_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

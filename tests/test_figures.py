@@ -1,0 +1,60 @@
+"""Figure-1 grid and per-method heatmap grids drawn from real maps of EfficientNet-Lite0."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from evalcam.data import build_dataset
+from evalcam.figures import _find_sample, main, render_figure1, render_method_grid
+
+
+@pytest.fixture(scope="module")
+def sample_set():
+    return build_dataset("sample")
+
+
+def _pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
+
+
+def test_figure1_two_classes_of_one_image(lite0, sample_set, tmp_path):
+    sample = _find_sample(sample_set, "grace_hopper")
+    path, classes = render_figure1(lite0, sample, None, tmp_path / "figure1.png")
+    # Default classes: the image's two annotated classes (military uniform, Windsor tie).
+    assert [lite0.categories[c] for c in classes] == ["military uniform", "Windsor tie"]
+    pixels = _pixels(path)
+    assert pixels.shape == (496, 960, 3)  # 12 x 6.2 inches at 80 dpi: 2 rows x 4 panels
+    assert pixels.std() > 0.15 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 5000
+    top, bottom = pixels[40:260], pixels[270:490]
+    image_col, gradcam_col = slice(40, 220), slice(510, 690)
+    # Same photo in column 1; the Grad-CAM column differs between the two classes (class-discriminative).
+    assert np.abs(top[:, image_col] - bottom[:, image_col]).mean() < 0.02
+    assert np.abs(top[:, gradcam_col] - bottom[:, gradcam_col]).mean() > 0.03
+
+
+def test_method_grid_rows_are_images_and_columns_methods(lite0, sample_set, tmp_path):
+    samples = [_find_sample(sample_set, i) for i in ("chelsea", "coffee")]
+    path = render_method_grid(lite0, samples, ["gradcam", "center"], tmp_path / "grid.png")
+    pixels = _pixels(path)
+    assert pixels.shape == (384, 576, 3)  # (1 + 2 methods) x 2 images, 2.4 inches each at 80 dpi
+    center_top, center_bottom = pixels[20:190, 400:570], pixels[210:380, 400:570]
+    gradcam_top = pixels[20:190, 210:380]
+    # The centre baseline is the same map on both photos; Grad-CAM's map is not the centre map.
+    assert np.abs(gradcam_top - center_top).mean() > 0.03
+    assert center_top.std() > 0.1 and center_bottom.std() > 0.1
+
+
+def test_figure_command_writes_png_and_logs_it_to_mlflow(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "fig" / "grid.png"
+    main(
+        ["grid", "--limit", "1", "--methods", "gradcam", "--out", str(out), "--mlflow", "--tracking-uri", uri]
+    )
+    assert out.is_file() and Image.open(out).size == (384, 192)
+    run_id = capsys.readouterr().out.split("MLflow run ")[1].split()[0]
+    artifacts = [a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id, "figures")]
+    assert artifacts == ["figures/grid.png"]
