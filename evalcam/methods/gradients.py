@@ -25,22 +25,18 @@ from evalcam.methods.gradcam import GradCAM
 from evalcam.methods.hooks import forward_hooks
 
 
-class _RectifyGradient(torch.autograd.Function):
-    """Identity forward; the backward signal is rectified. Placed right after a ReLU's output, the ReLU's
-    own backward then supplies the ``1[x > 0]`` factor of guided backpropagation."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        # A fresh tensor, not a view: downstream in-place ops (x += residual) must stay legal.
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad.clamp_min(0)
+def _rectify(grad: torch.Tensor) -> torch.Tensor:
+    return grad.clamp_min(0)
 
 
-def _rectify_output(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-    return _RectifyGradient.apply(output)
+def _rectify_output(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+    """Rectify the gradient arriving at a ReLU's output, so the ReLU's own backward then supplies the
+    ``1[x > 0]`` factor of guided backpropagation. A tensor hook, not a replaced output: no copy of every
+    activation, and a hook registered before a later in-place op (``x += residual``, an in-place ReLU
+    reused) still sees the gradient of this ReLU's output, which is what autograd guarantees for hooks
+    registered before an in-place modification."""
+    if output.requires_grad:
+        output.register_hook(_rectify)
 
 
 @contextmanager
