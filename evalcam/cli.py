@@ -11,6 +11,8 @@ USAGE = """usage: python -m evalcam <command> [args]
 
 commands:
   run [overrides]      evaluate a method (Hydra overrides; -m for sweeps), e.g. method=gradcam dataset=sample
+  bench [--device D] [--methods m1,m2] [--quick] ...
+                       images/s of every method vs pytorch-grad-cam, Captum, TorchCAM and the floors
   log RUN_DIR          log a finished run directory to MLflow (after the tracking server was unreachable)
   layers [model=NAME] [model.weights=PATH]
                        list a model's layers usable as model.target_layer
@@ -28,6 +30,15 @@ commands:
 # Configuration and input mistakes: reported as one line that says what is valid, never a traceback.
 # OSError covers a missing file and a full disk (evalcam.results.StorageError): earlier results are intact.
 CONFIG_ERRORS = (ValueError, KeyError, OSError, ImportError, TrackingUnavailable)
+
+
+def pgc_override(arg: str) -> list[str]:
+    """``method=pgc/ScoreCAM`` -> ``method=pgc method.name=pgc/ScoreCAM``: any pytorch-grad-cam class
+    without a config file per class (Hydra would look for conf/method/pgc/ScoreCAM.yaml)."""
+    key, _, value = arg.partition("=")
+    if key.lstrip("+~") == "method" and value.startswith("pgc/") and "," not in value:
+        return ["method=pgc", f"method.name={value}"]
+    return [arg]
 
 
 def _run_hydra(argv: list[str]) -> None:
@@ -53,7 +64,7 @@ def _run_hydra(argv: list[str]) -> None:
             print(f"MLflow run {result.mlflow_run_id} (browse with: python -m evalcam ui)")
         return None
 
-    sys.argv = [sys.argv[0], *argv]
+    sys.argv = [sys.argv[0], *[part for arg in argv for part in pgc_override(arg)]]
     _main()
 
 
@@ -124,6 +135,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if command == "run":
             _run_hydra(rest)
+        elif command == "bench":
+            from evalcam.bench import main as bench
+
+            bench(rest)
         elif command == "log":
             from evalcam.tracking import log_run_dir
 

@@ -112,11 +112,16 @@ def run_experiment(
     outcomes = []
     for overrides in sweep_overrides(spec, profile_name, extra):
         log.info("experiment %s/%s: %s", spec["name"], profile_name, " ".join(overrides))
+        config = compose(overrides)
         try:
-            result = run(compose(overrides))
+            result = run(config)
         except Exception as err:  # one missing weight file must not end a long sweep
             log.error("run failed (%s): %s", " ".join(overrides), err)
             outcomes.append(RunOutcome(list(overrides), error=f"{type(err).__name__}: {err}"))
             continue
-        outcomes.append(RunOutcome(list(overrides), run_id=result.mlflow_run_id))
+        error = None
+        if config.get("mlflow", True) and not result.mlflow_run_id:
+            # The report reads MLflow only: a run that is not there is missing from the table.
+            error = f"not logged to MLflow; results in {result.run_dir} (python -m evalcam log RUN_DIR)"
+        outcomes.append(RunOutcome(list(overrides), run_id=result.mlflow_run_id, error=error))
     return outcomes

@@ -7,7 +7,8 @@ here a class's logit is the *mean* of the logits of its ImageNet synsets (``dog`
 head is again one ``nn.Linear`` after GAP: CAM, Ablation-CAM's analytic mode and every gradient method
 apply unchanged.
 
-Classes without an ImageNet counterpart (VOC ``person``; several COCO classes) get an all-zero row:
+``person`` is read from ImageNet's only person synsets (ballplayer, groom, scuba diver), a weak proxy.
+Classes without any ImageNet counterpart (19 COCO classes, e.g. giraffe, fork) get an all-zero row:
 their score is constant, class-specific maps are flat and the pointing game counts them as misses
 (``degenerate_maps``), while class-agnostic baselines (center) are unaffected. Reports must say so.
 
@@ -40,6 +41,8 @@ _BIKES = [444, 671]
 _MOTORBIKES = [665, 670]
 _SCREENS = [664, 782, 851]
 _BALLS = [429, 430, 522, 574, 722, 768, 805, 852, 890]
+# ImageNet-1k has no "person" class; its only person synsets are ballplayer, groom and scuba diver.
+_PEOPLE = [981, 982, 983]
 
 # ImageNet-1k indices per class, in the datasets' class order (evalcam.data.voc / COCO's category order).
 LABEL_SPACES: dict[str, dict[str, list[int]]] = {
@@ -58,7 +61,7 @@ LABEL_SPACES: dict[str, dict[str, list[int]]] = {
         "dog": _DOGS,
         "horse": [339],
         "motorbike": _MOTORBIKES,
-        "person": [],
+        "person": _PEOPLE,
         "pottedplant": [738],
         "sheep": [348],
         "sofa": [831],
@@ -66,7 +69,7 @@ LABEL_SPACES: dict[str, dict[str, list[int]]] = {
         "tvmonitor": _SCREENS,
     },
     "coco": {
-        "person": [],
+        "person": _PEOPLE,
         "bicycle": _BIKES,
         "car": _CARS,
         "motorcycle": _MOTORBIKES,

@@ -264,13 +264,18 @@ def _proxy_note(rows: Iterable[Row]) -> list[str]:
     notes = []
     for space in sorted({r.model.rsplit("+", 1)[1].split("_")[0] for r in rows if "_proxy" in r.model}):
         missing = unmapped_classes(space)
-        notes.append(
+        text = (
             f"`+{space}_proxy`: the ImageNet classifier's logits averaged into {space.upper()} classes "
-            f"(evalcam/proxy_heads.py), not a network fine-tuned on {space.upper()}. "
-            f"{len(missing)} class(es) have no ImageNet synset ({', '.join(missing)}): "
-            "class-specific maps are flat there and count as misses, which handicaps class-specific "
-            "methods against the centre baseline."
+            f"(evalcam/proxy_heads.py), not a network fine-tuned on {space.upper()}; person is read from "
+            "ImageNet's ballplayer/groom/scuba diver synsets."
         )
+        if missing:
+            text += (
+                f" {len(missing)} class(es) have no ImageNet synset ({', '.join(missing)}): class-specific "
+                "maps are flat there and count as misses, which handicaps class-specific methods against "
+                "the centre baseline."
+            )
+        notes.append(text)
     return notes
 
 
@@ -393,9 +398,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--experiments-dir", default=None)
     parser.add_argument("--out", default="reports")
     parser.add_argument("--run-id", action="append", help="report these runs only (repeatable)")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    # The experiment's own override syntax works too, so one `tracking_uri=...` serves both commands.
+    overrides = dict(a.split("=", 1) for a in rest if "=" in a)
+    unknown = [a for a in rest if "=" not in a or a.split("=", 1)[0] != "tracking_uri"]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     spec = load_experiment(args.name, args.experiments_dir)
-    report = collect(spec, args.tracking_uri, args.profile, args.run_id)
+    uri = args.tracking_uri or overrides.get("tracking_uri")
+    report = collect(spec, uri, args.profile, args.run_id)
     for path in write_report(report, args.out).values():
         print(path)
     print(f"{len(report.rows)} run(s) from {report.tracking_uri}")

@@ -174,3 +174,15 @@ def test_config_mistakes_end_in_one_line(tmp_path, override, message):
     assert done.returncode != 0
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_pgc_class_names_select_the_pgc_method_config(tmp_path):
+    """`method=pgc/<ClassName>` (the issue's spelling) composes to the pgc config with that class."""
+    from evalcam.cli import pgc_override
+
+    assert pgc_override("method=gradcam") == ["method=gradcam"]
+    assert pgc_override("method=gradcam,pgc/ScoreCAM") == ["method=gradcam,pgc/ScoreCAM"]  # sweeps: as is
+    overrides = pgc_override("method=pgc/ScoreCAM")
+    assert overrides == ["method=pgc", "method.name=pgc/ScoreCAM"]
+    config = make_config(tmp_path, *overrides)
+    assert config["method"]["name"] == "pgc/ScoreCAM"
