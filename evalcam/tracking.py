@@ -105,7 +105,8 @@ def log_run_dir(run_dir: str | Path, tracking_uri: str | None = None) -> str:
 
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
-        return json.dumps(value.tolist())
+        value = value.tolist()
     if isinstance(value, list | tuple | dict):
-        return json.dumps(value)
+        # Per-image cells nest arrays inside lists (pointing game: one point per class).
+        return json.dumps(value, default=lambda item: item.tolist() if hasattr(item, "tolist") else str(item))
     return value

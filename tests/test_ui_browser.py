@@ -312,39 +312,61 @@ def run_columns(page, run_ids: list[str]) -> list[float]:
 
 
 def column_values(page, label: str, columns: list[float]) -> list[str]:
-    """What the row ``label`` shows in each run's column (cells aligned with that run's column)."""
+    """What the row ``label`` shows in each run's column (cells aligned with that run's column), once two
+    readings half a second apart agree (the grids settle after a scroll)."""
 
     def pick(row):
         cells = [[t for t, x in row if abs(x - col) < COLUMN_SLACK_PX] for col in columns]
         return [c[0] for c in cells] if all(len(c) == 1 for c in cells) else None
 
-    return _poll(page, label, pick, f"a row {label!r} with one value per run column")
+    what = f"a row {label!r} with one value per run column"
+    shown = _poll(page, label, pick, what)
+    deadline = time.monotonic() + PAGE_S
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        again = _poll(page, label, pick, what)
+        if again == shown:
+            return shown
+        shown = again
+    pytest.fail(f"row {label!r} kept changing: last {shown}")
 
 
-# MLflow 3.17's compare view clips its metric table at about seven rows and shows no scrollbar (the
-# virtualized grid has overflow: hidden). Its rows are sorted by name, so a row may sit in the clipped
-# part; this scrolls the clipping grid the way its own scroll handler does (the value grid beside it
-# follows through MLflow's scroll sync), until the row lies inside. Returns false while not rendered.
-REVEAL_ROW_JS = """
+# MLflow 3.17's compare view clips its metric table at about seven rows (overflow: hidden, no scrollbar);
+# rows are sorted by name, so a row may sit in the clipped part. A person turns the mouse wheel over the
+# values until the row shows. MLflow moves the metric names to where the values were one wheel event
+# earlier, so a last one-pixel turn brings the names to the values (one pixel apart, well inside a row).
+# The JS returns the pixels still to scroll and where the value grid is (null: not rendered yet).
+ROW_OFFSET_JS = """
 (label) => {
   const el = [...document.querySelectorAll("a")].find((a) => a.textContent.trim() === label);
-  if (!el) return false;
+  if (!el) return null;
   let clip = el.parentElement;
   while (clip && clip.scrollHeight <= clip.clientHeight + 1) clip = clip.parentElement;
-  if (!clip || clip === document.scrollingElement) return true;
+  if (!clip || clip === document.scrollingElement) return [0, 0, 0];
   const r = el.getBoundingClientRect(), c = clip.getBoundingClientRect();
-  clip.scrollTop += Math.max(0, r.bottom - c.bottom + 2) - Math.max(0, c.top - r.top);
-  return true;
+  const delta = Math.max(0, r.bottom - c.bottom + 2) - Math.max(0, c.top - r.top);
+  const values = [...document.querySelectorAll("*")].find(
+    (g) => g !== clip && g.clientHeight === clip.clientHeight && g.scrollHeight === clip.scrollHeight
+  );
+  const box = (values || clip).getBoundingClientRect();
+  return [delta, (box.left + box.right) / 2, (box.top + box.bottom) / 2];
 }
 """
 
 
 def reveal_row(page, label: str) -> None:
     deadline = time.monotonic() + PAGE_S
-    while not page.evaluate(REVEAL_ROW_JS, label):
-        if time.monotonic() > deadline:
-            pytest.fail(f"no metric row {label!r} rendered within {PAGE_S}s")
+    while time.monotonic() < deadline:
+        found = page.evaluate(ROW_OFFSET_JS, label)
+        if found is not None and abs(found[0]) < 1:
+            return
+        if found is not None:
+            page.mouse.move(found[1], found[2])
+            page.mouse.wheel(0, found[0])
+            time.sleep(0.5)
+            page.mouse.wheel(0, 1)
         time.sleep(0.5)
+    pytest.fail(f"metric row {label!r} not rendered inside the table within {PAGE_S}s")
 
 
 def settle(page, ready: str | None = None) -> None:
