@@ -601,12 +601,13 @@ def time_faithfulness(
 ) -> dict[str, Any]:
     """Throughput of the faithfulness metric (occlusion sensitivity vs the map, Grad-CAM paper Sec. 5) on
     Grad-CAM maps, plus Captum's ``Occlusion`` with the same window and stride as a reference."""
-    from evalcam.metrics import METRICS, EvalBatch, build_metrics
+    from evalcam.metrics import METRICS, build_metrics
+    from evalcam.metrics.base import explain_batch
 
     if "faithfulness" not in METRICS:
         return {"available": False, "note": "evalcam.metrics.METRICS has no 'faithfulness' metric yet"}
     from evalcam.data.types import Sample
-    from evalcam.methods import TopK, build_explainer
+    from evalcam.methods import build_explainer
 
     metric = build_metrics({"faithfulness": {}}, device)[0]
     explainer = build_explainer("gradcam", bundle)
@@ -616,21 +617,8 @@ def time_faithfulness(
         Sample(image=img, image_id=f"f{i}", labels=[int(c)], boxes={int(c): full}, orig_size=tuple(size))
         for i, (img, c) in enumerate(zip(images, classes.tolist(), strict=True))
     ]
-    pred = explainer.explain(x, TopK(max(1, int(metric.pred_topk or 1))))
-    gt_classes = gt_maps = None
-    if metric.needs_gt_maps:
-        gt_classes = classes[:, None]
-        gt_maps = explainer.explain(x, gt_classes).maps
-    batch = EvalBatch(
-        samples=samples,
-        inputs=x,
-        logits=pred.logits,
-        pred_classes=pred.classes,
-        pred_maps=pred.maps,
-        explainer=explainer,
-        bundle=bundle,
-        gt_classes=gt_classes,
-        gt_maps=gt_maps,
+    batch = explain_batch(
+        samples, x, bundle, explainer, max(1, int(metric.pred_topk or 1)), metric.needs_gt_maps
     )
     patch, stride = getattr(metric, "patch_size", None), getattr(metric, "stride", None)
     windows = None

@@ -24,7 +24,8 @@ from evalcam import __version__
 from evalcam.data import Sample, SkippedImage, build_dataset, collate_samples
 from evalcam.figures import ExampleRow, example_grid
 from evalcam.methods import METHODS, TopK, build_explainer
-from evalcam.metrics import EvalBatch, build_metrics
+from evalcam.metrics import build_metrics
+from evalcam.metrics.base import explain_batch
 from evalcam.models import load_model
 from evalcam.results import ResultStore, storage_error, write_atomic
 from evalcam.tracking import TrackingUnavailable, flatten, log_run_dir
@@ -88,12 +89,6 @@ def run_directory(config: dict[str, Any]) -> Path:
 
 def _kwargs(section: dict[str, Any], drop: tuple[str, ...] = ("name",)) -> dict[str, Any]:
     return {k: v for k, v in section.items() if k not in drop and v is not None}
-
-
-def _gt_targets(samples: list[Sample], device: torch.device) -> torch.Tensor:
-    width = max(len(s.labels) for s in samples)
-    rows = [s.labels + [-1] * (width - len(s.labels)) for s in samples]
-    return torch.tensor(rows, dtype=torch.long, device=device)
 
 
 def check_compatible(metrics, dataset, bundle) -> None:
@@ -225,31 +220,15 @@ def evaluate_batch(
     samples: list[Sample], bundle, explainer, metrics, topk: int, need_gt: bool, device: torch.device
 ) -> list[dict[str, Any]]:
     inputs = bundle.preprocess([s.image for s in samples], device)
-    pred = explainer.explain(inputs, TopK(topk))
-    gt_classes = gt_maps = None
-    if need_gt:
-        gt_classes = _gt_targets(samples, device)
-        # Padding (-1) is explained as class 0 and ignored by the metrics through gt_classes.
-        gt_maps = explainer.explain(inputs, gt_classes.clamp_min(0)).maps
-    eval_batch = EvalBatch(
-        samples=samples,
-        inputs=inputs,
-        logits=pred.logits,
-        pred_classes=pred.classes,
-        pred_maps=pred.maps,
-        explainer=explainer,
-        bundle=bundle,
-        gt_classes=gt_classes,
-        gt_maps=gt_maps,
-    )
-    probs = pred.logits.softmax(-1).gather(1, pred.classes).cpu()
+    eval_batch = explain_batch(samples, inputs, bundle, explainer, topk, need_gt)
+    probs = eval_batch.logits.softmax(-1).gather(1, eval_batch.pred_classes).cpu()
     rows = [
         {
             "image_id": s.image_id,
             "status": "ok",
             "error": None,
             "labels": list(s.labels),
-            "pred_top5": pred.classes[i, :5].cpu().tolist(),
+            "pred_top5": eval_batch.pred_classes[i, :5].cpu().tolist(),
             "pred_top5_prob": probs[i, :5].tolist(),
             "warnings": list(s.warnings),
         }

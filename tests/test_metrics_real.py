@@ -8,12 +8,12 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from conftest import shared_subdir
 
 from evalcam.data import build_dataset
-from evalcam.methods import TopK, build_explainer
+from evalcam.methods import build_explainer
 from evalcam.metrics import EvalBatch, build_metrics
+from evalcam.metrics.base import explain_batch
 from evalcam.metrics.maxboxacc import resize_map
 from evalcam.metrics.pointing import EnergyPointingGame, PointingGame
 
@@ -24,21 +24,7 @@ WSOL = "imagenet_meta/wsolevaluation_ILSVRC_test"
 def make_batch(samples, bundle, explainer, topk: int = 1) -> EvalBatch:
     """What the runner hands the metrics: top-k maps and the maps of every ground-truth class."""
     inputs = bundle.preprocess([s.image for s in samples], bundle.device)
-    pred = explainer.explain(inputs, TopK(topk))
-    width = max(len(s.labels) for s in samples)
-    gt_classes = torch.tensor([s.labels + [-1] * (width - len(s.labels)) for s in samples])
-    gt_maps = explainer.explain(inputs, gt_classes.clamp_min(0)).maps
-    return EvalBatch(
-        samples=samples,
-        inputs=inputs,
-        logits=pred.logits,
-        pred_classes=pred.classes,
-        pred_maps=pred.maps,
-        explainer=explainer,
-        bundle=bundle,
-        gt_classes=gt_classes,
-        gt_maps=gt_maps,
-    )
+    return explain_batch(samples, inputs, bundle, explainer, topk, need_gt=True)
 
 
 @pytest.fixture(scope="module")

@@ -147,7 +147,8 @@ def read_solution_csv(path: Path) -> dict[str, ImageRecord]:
                 while i < len(tokens):
                     cls = wnids.get(tokens[i])
                     coords = tokens[i + 1 : i + 5]
-                    has_box = len(coords) == 4 and not any(t.startswith("n") for t in coords)
+                    # Only four numbers make a box: a following word is the next (maybe unknown) label.
+                    has_box = len(coords) == 4 and all(math.isfinite(_number(t)) for t in coords)
                     if cls is None:
                         record.notes.append(
                             f"{path.name} {row['ImageId']}: {tokens[i]!r} is not a synset; dropped"

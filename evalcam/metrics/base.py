@@ -37,6 +37,39 @@ class EvalBatch:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def explain_batch(
+    samples: list[Sample],
+    inputs: torch.Tensor,
+    bundle: ModelBundle,
+    explainer: Explainer,
+    topk: int,
+    need_gt: bool,
+) -> EvalBatch:
+    """Maps of the top-``topk`` predicted classes and, when asked, of every ground-truth class: what every
+    metric reads, computed once per batch."""
+    from evalcam.methods.base import TopK
+
+    pred = explainer.explain(inputs, TopK(topk))
+    gt_classes = gt_maps = None
+    if need_gt:
+        width = max(len(s.labels) for s in samples)
+        rows = [s.labels + [-1] * (width - len(s.labels)) for s in samples]
+        gt_classes = torch.tensor(rows, dtype=torch.long, device=inputs.device)
+        # Padding (-1) is explained as class 0 and ignored by the metrics through gt_classes.
+        gt_maps = explainer.explain(inputs, gt_classes.clamp_min(0)).maps
+    return EvalBatch(
+        samples=samples,
+        inputs=inputs,
+        logits=pred.logits,
+        pred_classes=pred.classes,
+        pred_maps=pred.maps,
+        explainer=explainer,
+        bundle=bundle,
+        gt_classes=gt_classes,
+        gt_maps=gt_maps,
+    )
+
+
 class Metric:
     """Base accumulator. Subclasses declare states in ``__init__`` via :meth:`add_state`."""
 
