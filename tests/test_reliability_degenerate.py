@@ -13,6 +13,7 @@ from torch import nn
 from evalcam.data.types import Sample
 from evalcam.methods.base import Explainer, Explanation, TopK, resolve_targets
 from evalcam.metrics import METRICS, EvalBatch, build_metrics
+from evalcam.metrics.base import explain_batch
 from evalcam.models.bundle import ModelBundle, Preprocess
 
 SIZE = 16  # image and network input
@@ -103,18 +104,7 @@ def make_batch(maps: torch.Tensor) -> EvalBatch:
                 orig_size=(SIZE, SIZE),
             )
         )
-    gt_classes = torch.tensor([[s.labels[0]] for s in samples])
-    return EvalBatch(
-        samples=samples,
-        inputs=inputs,
-        logits=pred.logits,
-        pred_classes=pred.classes,
-        pred_maps=pred.maps,
-        explainer=explainer,
-        bundle=bundle,
-        gt_classes=gt_classes,
-        gt_maps=explainer.explain(inputs, gt_classes).maps,
-    )
+    return explain_batch(samples, inputs, bundle, explainer, topk=5, need_gt=True)
 
 
 def evaluate(name: str, maps: torch.Tensor) -> dict[str, float]:
