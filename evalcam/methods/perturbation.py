@@ -102,10 +102,24 @@ class ScoreCAM(CAMExplainer):
     ) -> torch.Tensor:
         return column_scores(outputs, classes, fns, softmax=self.score == "prob")
 
-    def masked_scores(
-        self, images: torch.Tensor, acts: torch.Tensor, classes: torch.Tensor | None, fns: list[TargetFn]
+    def zero_image_scores(
+        self, images: torch.Tensor, classes: torch.Tensor | None, fns: list[TargetFn]
     ) -> torch.Tensor:
-        """``[B, C, K]`` target scores of the images masked by each channel's normalised activation."""
+        """``[B, K]`` target scores of the all-zero network input, one forward pass for the batch."""
+        with self._autocast():
+            zero = self.model(torch.zeros_like(images[:1]))
+        return self._scores(zero.expand(images.shape[0], -1)[None], classes, fns)[0]
+
+    def masked_scores(
+        self,
+        images: torch.Tensor,
+        acts: torch.Tensor,
+        classes: torch.Tensor | None,
+        fns: list[TargetFn],
+        zero: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[B, C, K]`` target scores of the images masked by each channel's normalised activation;
+        ``zero`` (:meth:`zero_image_scores`) when the caller has it already."""
         if classes is None:
             return self._masked_scores_dense(images, acts, fns)
         b, c = acts.shape[:2]
@@ -114,9 +128,8 @@ class ScoreCAM(CAMExplainer):
         # A constant channel carries no spatial information, so its mask is all zeros (as in
         # pytorch-grad-cam) and the masked input is the all-zero image whatever the channel: one forward
         # pass serves all of them. Behind a ReLU half of the channels are dead, so this halves the cost.
-        with self._autocast():
-            zero_out = self.model(torch.zeros_like(images[:1]))
-        zero = self._scores(zero_out.expand(b, -1)[None], classes, fns)[0]  # [B, K]
+        if zero is None:
+            zero = self.zero_image_scores(images, classes, fns)
         scores = zero[:, None, :].expand(b, c, -1).clone()
         pairs = varying.nonzero()  # (image, channel) pairs that need their own forward pass
         for start in range(0, len(pairs), self.chunk_size):
@@ -164,10 +177,12 @@ class ScoreCAM(CAMExplainer):
             with capture_activations(self.model, self.layers) as store, self._autocast():
                 logits = self.model(images)
             classes, fns = resolve_targets(targets, logits)
+            # The zero image is both the paper's baseline and the masked input of every constant channel.
+            zero = None
+            if self.baseline == "zeros" or classes is not None:
+                zero = self.zero_image_scores(images, classes, fns)
             if self.baseline == "zeros":
-                with self._autocast():
-                    zero = self.model(torch.zeros_like(images[:1]))
-                base = self._scores(zero.expand(images.shape[0], -1)[None], classes, fns)[0]
+                base = zero
             elif self.baseline == "input":
                 base = self._scores(logits[None], classes, fns)[0]
             else:
@@ -175,7 +190,7 @@ class ScoreCAM(CAMExplainer):
             per_layer = []
             for name in self.layers:
                 acts = self._spatial(store.activations[name]).float()
-                increase = self.masked_scores(images, acts, classes, fns)
+                increase = self.masked_scores(images, acts, classes, fns, zero)
                 if base is not None:
                     increase = increase - base[:, None, :]
                 weights = increase.softmax(1) if self.channel_softmax else increase
