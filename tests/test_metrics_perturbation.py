@@ -18,8 +18,8 @@ from evalcam.metrics.causal import Deletion, Insertion, blur, curve_auc, gaussia
 from evalcam.metrics.confidence import AverageDrop, masked_inputs
 from evalcam.metrics.faithfulness import (
     OcclusionFaithfulness,
+    occlusion_boxes,
     occlusion_map,
-    occlusion_windows,
     patch_origins,
 )
 from evalcam.models.bundle import ModelBundle, Preprocess
@@ -80,12 +80,22 @@ def test_patch_origins_cover_the_border():
     assert patch_origins(5, 9, 2) == [0]  # a patch bigger than the image is the image
 
 
-def test_occlusion_map_equals_captum_occlusion():
+@pytest.mark.parametrize("incremental", [False, True])
+def test_occlusion_map_equals_captum_occlusion(incremental):
     model = ConvToy().eval()
     x = torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(3))
     classes = torch.tensor([1, 4])
-    windows = occlusion_windows((10, 10), 4, 3, x.device)
-    ours = occlusion_map(model, x, classes, windows, torch.zeros(1, 3, 1, 1), score="logit", chunk_size=7)
+    boxes = occlusion_boxes((10, 10), 4, 3)
+    ours = occlusion_map(
+        model,
+        x,
+        classes,
+        boxes,
+        torch.zeros(1, 3, 1, 1),
+        score="logit",
+        chunk_size=7,
+        incremental=incremental,
+    )
     theirs = Occlusion(model).attribute(
         x, sliding_window_shapes=(3, 4, 4), strides=(3, 3, 3), baselines=0.0, target=classes
     )

@@ -1,0 +1,124 @@
+"""Incremental re-inference (evalcam.metrics.incremental) must give what a full forward of the occluded
+input gives, on architectures that exercise every rule: TF-style zero padding, depthwise and strided
+convolutions and residual additions (EfficientNet-Lite0), in-place ReLU, ``+=`` and padded max pooling
+(ResNet), dilation, and layers it does not know (which run densely)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from evalcam.metrics.faithfulness import occlusion_boxes
+from evalcam.metrics.incremental import IncrementalModel, incremental_model
+
+
+def _full_forward(model: nn.Module, x: torch.Tensor, box, fill: torch.Tensor) -> torch.Tensor:
+    y0, y1, x0, x1 = box
+    occluded = x.clone()
+    occluded[..., y0:y1, x0:x1] = fill
+    with torch.no_grad():
+        return model(occluded)
+
+
+class Dilated(nn.Module):
+    """Dilated and asymmetric convolutions, a channel-broadcast product and a layer with no rule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.a = nn.Conv2d(3, 8, (3, 5), stride=(1, 2), padding=(2, 1), dilation=(2, 1))
+        self.b = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.up = nn.Upsample(scale_factor=2)
+        self.c = nn.Conv2d(8, 4, 3, stride=2)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        h = h + self.b(h)
+        h = h * torch.sigmoid(h.mean((2, 3), keepdim=True))
+        return self.fc(self.c(self.up(h)).amax((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    from evalcam.models import load_model
+
+    return load_model("efficientnet_lite0").model.eval()
+
+
+def _check(model, x, boxes, fill, atol):
+    executor = IncrementalModel.build(model)
+    assert executor is not None
+    cache = executor.clean_pass(x)
+    with torch.no_grad():
+        assert torch.equal(executor.output_of(cache), model(x))
+    for box in boxes:
+        ours = executor.occluded(cache, box, fill)
+        full = _full_forward(model, x, box, fill)
+        assert ours.shape == full.shape
+        assert torch.allclose(ours, full, atol=atol, rtol=0), (box, (ours - full).abs().max())
+
+
+def test_lite0_matches_full_forward_for_every_kind_of_window(lite0):
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    boxes = occlusion_boxes((224, 224), 45, 15)
+    # corners, borders, centre, and a window straddling stride-2 phase boundaries
+    picks = [
+        boxes[0],
+        boxes[len(boxes) - 1],
+        boxes[6],
+        boxes[len(boxes) // 2],
+        (101, 146, 3, 48),
+        (0, 224, 0, 7),
+    ]
+    fill = torch.tensor([0.3, -1.0, 2.0]).view(1, 3, 1, 1)
+    _check(lite0, x, picks, fill, atol=1e-4)
+
+
+def test_resnet_with_inplace_relu_and_padded_max_pool_matches_full_forward():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+    boxes = [(0, 16, 0, 16), (40, 56, 33, 49), (80, 96, 0, 96), (1, 2, 94, 96)]
+    _check(model, x, boxes, torch.zeros(1, 3, 1, 1), atol=1e-4)
+    # The model itself is left as it was: its ReLUs are still in-place.
+    assert model.relu.inplace
+
+
+def test_dilation_asymmetric_kernels_and_unknown_layers_match_full_forward():
+    model = Dilated().eval()
+    x = torch.randn(3, 3, 31, 27, generator=torch.Generator().manual_seed(4))
+    boxes = [(0, 5, 0, 5), (13, 18, 20, 27), (26, 31, 11, 16), (0, 31, 0, 1)]
+    _check(model, x, boxes, torch.full((1, 3, 1, 1), -0.5), atol=1e-5)
+
+
+def test_untraceable_model_has_no_incremental_executor():
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    assert incremental_model(DataDependent()) is None
+
+
+def test_a_window_changes_only_its_receptive_field(lite0):
+    """The point of the method: a corner window leaves most of an early map untouched."""
+    executor = incremental_model(lite0)
+    cache = executor.clean_pass(torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(5)))
+    seen = {}
+
+    def spy(node, values, clean):
+        value = original(node, values, clean)
+        seen[node.name] = value
+        return value
+
+    original = executor._step
+    executor._step = spy
+    try:
+        executor.occluded(cache, (0, 45, 0, 45), torch.zeros(1, 3, 1, 1))
+    finally:
+        del executor._step
+    stem = seen["stem_act"]
+    assert stem.box == (0, 23, 0, 23)  # stride 2, 3x3 kernel, TF "same" padding: 45 px -> 23 outputs
+    assert stem.patch.shape[-2:] == (23, 23)
