@@ -85,6 +85,7 @@ class Entry:
     setup: Callable[[], tuple[Callable[[torch.Tensor, torch.Tensor], Any], Callable[[], None]]]
     ours: str | None = None  # the evalcam method this entry is compared with (peers and ours)
     note: str = ""
+    comparable: bool = True  # False: computes something else on this model; no "best peer" ratio
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Timing:
     repeats: int
     note: str = ""
     times_s: list[float] = field(default_factory=list)
+    comparable: bool = True
 
 
 # --- setup ---
@@ -287,7 +289,15 @@ def _captum_entry(ours: str, cls_name: str, model: nn.Module, layer_name: str | 
 
         return call, lambda: None
 
-    return Entry(f"captum:{cls_name}", "captum", setup, ours=ours)
+    note, comparable = "", True
+    if cls_name in ("GuidedBackprop", "GuidedGradCam"):
+        # Captum guides ``nn.ReLU`` modules only; ReLU6 (MobileNet/EfficientNet-Lite) is not a subclass, so
+        # on such models its "guided" gradient is the plain gradient and cheaper for that reason alone.
+        unguided = sum(isinstance(m, nn.ReLU6) for m in model.modules())
+        if unguided:
+            note = f"not guided here: Captum skips the model's {unguided} ReLU6 (plain gradient)"
+            comparable = False
+    return Entry(f"captum:{cls_name}", "captum", setup, ours=ours, note=note, comparable=comparable)
 
 
 def _torchcam_entry(ours: str, cls_name: str, model: nn.Module, layer_name: str, **kw: Any) -> Entry:
@@ -465,7 +475,18 @@ def time_entries(
     for i, entry in enumerate(entries):
         if failed[i] is not None or not times[i]:
             note = failed[i] or "no measurement"
-            timings.append(Timing(entry.name, entry.library, entry.ours, None, None, len(times[i]), note))
+            timings.append(
+                Timing(
+                    entry.name,
+                    entry.library,
+                    entry.ours,
+                    None,
+                    None,
+                    len(times[i]),
+                    note,
+                    comparable=entry.comparable,
+                )
+            )
             continue
         median = statistics.median(times[i])
         timings.append(
@@ -478,6 +499,7 @@ def time_entries(
                 len(times[i]),
                 notes[i],
                 times[i],
+                entry.comparable,
             )
         )
     return timings
@@ -710,7 +732,7 @@ def format_table(timings: Sequence[Timing]) -> str:
     grad = by_name.get("floor:forward+grad@layer")
     fastest_peer: dict[str, Timing] = {}
     for t in timings:
-        if t.library not in ("evalcam", "torch") and t.ours and t.median_s is not None:
+        if t.library not in ("evalcam", "torch") and t.ours and t.median_s is not None and t.comparable:
             best = fastest_peer.get(t.ours)
             if best is None or t.median_s < (best.median_s or math.inf):
                 fastest_peer[t.ours] = t

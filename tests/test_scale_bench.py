@@ -182,3 +182,41 @@ def test_main_runs_end_to_end_on_cpu(tmp_path, capsys):
     assert syn["images"] == 3 and syn["images_per_s"] > 0
     assert syn["ilsvrc_val_minutes"] == pytest.approx(50_000 / syn["images_per_s"] / 60)
     assert "| gradcam | evalcam |" in printed and "extrapolated ILSVRC2012 val" in printed
+
+
+def test_captum_guided_backprop_is_not_compared_where_it_does_not_guide(lite0, photos):
+    """Captum guides ``nn.ReLU`` only. On EfficientNet-Lite (ReLU6) its "guided" gradient is the plain
+    gradient, cheaper for that reason alone, so the table must not rank evalcam against it; on a ReLU
+    network the two agree and are compared."""
+    pytest.importorskip("captum")
+    x = lite0.preprocess([photos["chelsea"]], "cpu")
+    classes = torch.tensor([281])
+    [entry] = [
+        e for e in bench.peer_entries("guided_backprop", lite0, {"captum": None}) if "captum" in e.name
+    ]
+    call, cleanup = entry.setup()
+    theirs = call(x, classes)
+    cleanup()
+    plain = build_explainer("backprop", lite0).explain(x, classes).extra["rgb"][:, 0]
+    guided = build_explainer("guided_backprop", lite0).explain(x, classes).extra["rgb"][:, 0]
+    torch.testing.assert_close(theirs, plain)
+    assert not torch.allclose(guided, plain, atol=1e-3 * float(plain.abs().max()))
+    assert not entry.comparable and "ReLU6" in entry.note
+
+    import torchvision
+
+    from evalcam.models.bundle import ModelBundle, Preprocess
+
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(weights=None, num_classes=5).eval()
+    bundle = ModelBundle(model=resnet, name="r18", target_layer="layer4", preprocess=Preprocess((64, 64)))
+    [entry] = [
+        e for e in bench.peer_entries("guided_backprop", bundle, {"captum": None}) if "captum" in e.name
+    ]
+    call, cleanup = entry.setup()
+    small = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    theirs = call(small, torch.tensor([1, 3]))
+    cleanup()
+    ours = build_explainer("guided_backprop", bundle).explain(small, torch.tensor([1, 3])).extra["rgb"][:, 0]
+    torch.testing.assert_close(ours, theirs)
+    assert entry.comparable and entry.note == ""
