@@ -296,3 +296,49 @@ def test_merged_halves_equal_one_accumulator(make):
     merged, single = first.compute(), whole.compute()
     assert merged.keys() == single.keys()
     assert all(merged[k] == pytest.approx(single[k], abs=1e-9) for k in merged)
+
+
+def test_occlusion_cache_is_shared_across_methods_and_keyed_on_model_and_input(tmp_path, monkeypatch):
+    import evalcam.metrics.faithfulness as faithfulness
+
+    calls = []
+    real = faithfulness.occlusion_map
+
+    def counting(model, inputs, *args, **kwargs):
+        calls.append(inputs.shape[0])
+        return real(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(faithfulness, "occlusion_map", counting)
+    model = ConvToy().eval()
+    bundle = _bundle(model, (10, 10))
+    x = torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(7))
+    maps_a = torch.rand(2, 5, 5, generator=torch.Generator().manual_seed(8))
+    maps_b = torch.rand(2, 5, 5, generator=torch.Generator().manual_seed(9))
+
+    def score(maps, cache_dir, inputs=x):
+        metric = OcclusionFaithfulness(patch_size=4, stride=3, cache_dir=cache_dir)
+        return [r["faithfulness.spearman"] for r in metric.update(_batch(bundle, inputs, [1, 4], maps))]
+
+    plain_b = score(maps_b, None)
+    assert calls == [2]
+    score(maps_a, tmp_path)  # first method: computes and stores both maps
+    cached_b = score(maps_b, tmp_path)  # second method: reads them
+    assert calls == [2, 2]
+    assert cached_b == pytest.approx(plain_b, abs=1e-12)
+    assert len(list(tmp_path.rglob("*.pt"))) == 2
+
+    # One image changed: only that one is recomputed.
+    x2 = x.clone()
+    x2[1, :, 0, 0] += 1.0
+    score(maps_b, tmp_path, x2)
+    assert calls == [2, 2, 1]
+    # Changed weights: nothing is read from the cache (the key hashes the parameters).
+    with torch.no_grad():
+        model.fc.bias += 1.0
+    score(maps_b, tmp_path)
+    assert calls == [2, 2, 1, 2]
+    # A torn file is recomputed, not trusted.
+    for path in tmp_path.rglob("*.pt"):
+        path.write_bytes(b"junk")
+    score(maps_b, tmp_path)
+    assert calls == [2, 2, 1, 2, 2]
