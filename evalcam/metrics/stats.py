@@ -15,6 +15,8 @@ deciding after resampling would rank, threshold or argmax rounding noise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -53,17 +55,24 @@ def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a * b).sum(-1) / den).clamp(-1.0, 1.0)
 
 
+def _correlate(
+    a: torch.Tensor, b: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pearson correlation of ``transform`` of each valid row pair; invalid rows hold 0."""
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    valid = _valid_rows(a, b)
+    r = torch.zeros(a.shape[0], dtype=torch.float64, device=a.device)
+    if bool(valid.any()):
+        r[valid] = _pearson_rows(transform(a[valid]), transform(b[valid]))
+    return r, valid
+
+
 def pearson(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pearson correlation of each row pair of ``[N, n]`` (or ``[N, h, w]``) tensors.
 
     Returns ``(r [N] float64, valid [N] bool)``; invalid rows (constant or non-finite) hold 0.
     """
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    valid = _valid_rows(a, b)
-    r = torch.zeros(a.shape[0], dtype=torch.float64, device=a.device)
-    if bool(valid.any()):
-        r[valid] = _pearson_rows(a[valid], b[valid])
-    return r, valid
+    return _correlate(a, b, lambda rows: rows)
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,9 +80,4 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
     Returns ``(rho [N] float64, valid [N] bool)``; invalid rows (constant or non-finite) hold 0.
     """
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    valid = _valid_rows(a, b)
-    rho = torch.zeros(a.shape[0], dtype=torch.float64, device=a.device)
-    if bool(valid.any()):
-        rho[valid] = _pearson_rows(average_ranks(a[valid]), average_ranks(b[valid]))
-    return rho, valid
+    return _correlate(a, b, average_ranks)
