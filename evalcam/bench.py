@@ -524,8 +524,9 @@ def run_synthetic(
 ) -> dict[str, Any]:
     """N synthetic images through the runner's per-batch step (preprocess + top-5 maps + weak_loc)."""
     from evalcam.data.types import Sample
-    from evalcam.methods import TopK, build_explainer
-    from evalcam.metrics import EvalBatch, build_metrics
+    from evalcam.methods import build_explainer
+    from evalcam.metrics import build_metrics
+    from evalcam.metrics.base import explain_batch
     from evalcam.runner import evaluate_batch
 
     explainer = build_explainer(method, bundle, **dict(params))
@@ -563,18 +564,9 @@ def run_synthetic(
         inputs = bundle.preprocess([s.image for s in samples], device)
         synchronize(device)
         t1 = time.perf_counter()
-        pred = explainer.explain(inputs, TopK(topk))
+        batch = explain_batch(samples, inputs, bundle, explainer, topk, need_gt=False)
         synchronize(device)
         t2 = time.perf_counter()
-        batch = EvalBatch(
-            samples=samples,
-            inputs=inputs,
-            logits=pred.logits,
-            pred_classes=pred.classes,
-            pred_maps=pred.maps,
-            explainer=explainer,
-            bundle=bundle,
-        )
         for metric in metrics:
             metric.update(batch)
         synchronize(device)
