@@ -91,12 +91,34 @@ def _experiment(argv: list[str]) -> None:
 
     from evalcam.experiments import run_experiment
 
-    parser = argparse.ArgumentParser(prog="python -m evalcam experiment")
-    parser.add_argument("name")
-    parser.add_argument("--profile", default="paper")
-    parser.add_argument("--experiments-dir", default=None)
+    parser = argparse.ArgumentParser(
+        prog="python -m evalcam experiment",
+        description="Run every sweep point of one profile of experiments/<name>.yaml, one MLflow run each. "
+        "Any other argument is a Hydra override appended to every run (e.g. device=cuda batch_size=64 "
+        "dataset.limit=100).",
+    )
+    parser.add_argument("name", help="experiment file name: gradcam_table1, pointing_game, faithfulness, ...")
+    parser.add_argument("--profile", default="paper", help="paper (default), lite or sample")
+    parser.add_argument(
+        "--experiments-dir", default=None, help="folder of experiment files (default: experiments/)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="OVERRIDE",
+        help="keep only sweep points that contain this override, e.g. --only model=vgg16 (repeatable)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="list the runs' overrides and exit")
     args, overrides = parser.parse_known_args(argv)
-    outcomes = run_experiment(args.name, args.profile, overrides, args.experiments_dir)
+    if args.dry_run:
+        from evalcam.experiments import load_experiment, select_points, sweep_overrides
+
+        spec = load_experiment(args.name, args.experiments_dir)
+        for point in select_points(sweep_overrides(spec, args.profile, overrides), args.only):
+            print(" ".join(point))
+        return
+    outcomes = run_experiment(args.name, args.profile, overrides, args.experiments_dir, args.only)
     failed = [o for o in outcomes if o.error]
     for outcome in outcomes:
         status = f"FAILED {outcome.error}" if outcome.error else f"MLflow run {outcome.run_id}"

@@ -101,16 +101,33 @@ class RunOutcome:
     error: str | None = None
 
 
+def select_points(points: Sequence[list[str]], only: Sequence[str] = ()) -> list[list[str]]:
+    """The sweep points whose overrides contain every override of ``only`` (all points if it is empty)."""
+    wanted = [o.strip() for o in only if o.strip()]
+    return [p for p in points if all(w in p for w in wanted)]
+
+
 def run_experiment(
-    name: str, profile_name: str = "paper", extra: Sequence[str] = (), directory: str | Path | None = None
+    name: str,
+    profile_name: str = "paper",
+    extra: Sequence[str] = (),
+    directory: str | Path | None = None,
+    only: Sequence[str] = (),
 ) -> list[RunOutcome]:
-    """Run every sweep point in this process; a failing point (e.g. missing weights) is reported, and the
-    others still run."""
+    """Run every sweep point (those containing all of ``only``) in this process; a failing point (e.g.
+    missing weights) is reported, and the others still run."""
     from evalcam.runner import run
 
     spec = load_experiment(name, directory)
+    points = sweep_overrides(spec, profile_name, extra)
+    selected = select_points(points, only)
+    if only and not selected:
+        raise ValueError(
+            f"--only {' '.join(only)} matches none of the {len(points)} sweep points of "
+            f"{name}/{profile_name}; see them with --dry-run"
+        )
     outcomes = []
-    for overrides in sweep_overrides(spec, profile_name, extra):
+    for overrides in selected:
         log.info("experiment %s/%s: %s", spec["name"], profile_name, " ".join(overrides))
         config = compose(overrides)
         try:

@@ -40,6 +40,25 @@ def test_experiment_profiles_compose_with_hydra(name):
     assert not any("lite" in str(c["model"]["name"]) for c in compose_many(sweep_overrides(spec, "paper")))
 
 
+def test_only_selects_sweep_points_and_dry_run_lists_them(capsys):
+    from evalcam.cli import main
+    from evalcam.experiments import run_experiment, select_points
+
+    spec = load_experiment("pointing_game", ROOT / "experiments")
+    points = sweep_overrides(spec, "paper", ["dataset.limit=2"])
+    assert len(points) == 16  # 2 datasets x 2 models x 4 methods
+    chosen = select_points(points, ["dataset=voc2007", "model=vgg16"])
+    assert len(chosen) == 4 and all("dataset=voc2007" in p and "model=vgg16" in p for p in chosen)
+    assert select_points(points, []) == points
+    main(["experiment", "pointing_game", "--dry-run", "--only", "model=resnet50", "--only", "method=gradcam"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 2 and all(
+        "model=resnet50" in line and "method=gradcam" in line for line in printed
+    )
+    with pytest.raises(ValueError, match="matches none of the 16 sweep points"):
+        run_experiment("pointing_game", "paper", [], ROOT / "experiments", only=["model=vgg19"])
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_published_values_carry_a_source_and_are_numbers_or_marked_unverified(name):
     spec = load_experiment(name, ROOT / "experiments")
