@@ -122,3 +122,13 @@ def test_a_window_changes_only_its_receptive_field(lite0):
     stem = seen["stem_act"]
     assert stem.box == (0, 23, 0, 23)  # stride 2, 3x3 kernel, TF "same" padding: 45 px -> 23 outputs
     assert stem.patch.shape[-2:] == (23, 23)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_incremental_occlusion_on_cuda_matches_full_forward():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval().cuda()
+    x = torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(2)).cuda()
+    boxes = [(0, 16, 0, 16), (40, 56, 33, 49), (80, 96, 0, 96)]
+    # cuDNN picks different algorithms for crops and full maps: round-off only.
+    _check(model, x, boxes, torch.zeros(1, 3, 1, 1, device="cuda"), atol=1e-3)
