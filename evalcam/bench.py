@@ -282,7 +282,15 @@ def _captum_entry(ours: str, cls_name: str, model: nn.Module, layer_name: str | 
 
         cls = getattr(captum.attr, cls_name)
         method = cls(model) if layer_name is None else cls(model, resolve_layer(model, layer_name))
-        kwargs = {"relu_attributions": True} if cls_name == "LayerGradCam" else {}
+        kwargs: dict[str, Any] = {"relu_attributions": True} if cls_name == "LayerGradCam" else {}
+        if cls_name == "Occlusion":
+            # evalcam's defaults (conf/method/occlusion.yaml); Captum has no border-aligned last window.
+            kwargs = {
+                "sliding_window_shapes": (3, 45, 45),
+                "strides": (3, 15, 15),
+                "baselines": 0.0,
+                "perturbations_per_eval": 64,
+            }
 
         def call(x, classes):
             return method.attribute(x, target=classes, **kwargs)
@@ -297,6 +305,8 @@ def _captum_entry(ours: str, cls_name: str, model: nn.Module, layer_name: str | 
         if unguided:
             note = f"not guided here: Captum skips the model's {unguided} ReLU6 (plain gradient)"
             comparable = False
+    if cls_name == "Occlusion":
+        note = "no border-aligned last row/column: fewer windows per image than evalcam"
     return Entry(f"captum:{cls_name}", "captum", setup, ours=ours, note=note, comparable=comparable)
 
 
@@ -336,6 +346,7 @@ PEERS: dict[str, list[tuple[str, str]]] = {
     "guidedbackprop": [("captum", "GuidedBackprop"), ("pgc", "GuidedBackpropReLUModel")],
     "guidedbp": [("captum", "GuidedBackprop"), ("pgc", "GuidedBackpropReLUModel")],
     "guidedgradcam": [("captum", "GuidedGradCam")],
+    "occlusion": [("captum", "Occlusion")],
 }
 
 
@@ -368,7 +379,9 @@ def peer_entries(ours: str, bundle: ModelBundle, libraries: dict[str, str | None
                 entries.append(_pgc_entry(ours, cls_name, model, layer))
         elif lib == "captum":
             entries.append(
-                _captum_entry(ours, cls_name, model, None if cls_name == "GuidedBackprop" else layer)
+                _captum_entry(
+                    ours, cls_name, model, None if cls_name in ("GuidedBackprop", "Occlusion") else layer
+                )
             )
         elif lib == "torchcam":
             kw: dict[str, Any] = {}
@@ -637,7 +650,7 @@ def time_faithfulness(
     patch, stride = getattr(metric, "patch_size", None), getattr(metric, "stride", None)
     windows = None
     if patch and stride:
-        from evalcam.metrics.faithfulness import patch_origins
+        from evalcam.methods.occlusion import patch_origins
 
         rows = len(patch_origins(int(x.shape[-2]), patch, stride))
         windows = rows * len(patch_origins(int(x.shape[-1]), patch, stride))

@@ -1,4 +1,4 @@
-"""Incremental re-inference (evalcam.metrics.incremental) must give what a full forward of the occluded
+"""Incremental re-inference (evalcam.models.incremental) must give what a full forward of the occluded
 input gives, on architectures that exercise every rule: TF-style zero padding, depthwise and strided
 convolutions and residual additions (EfficientNet-Lite0), in-place ReLU, ``+=`` and padded max pooling
 (ResNet), dilation, and layers it does not know (which run densely)."""
@@ -10,8 +10,8 @@ import torch
 import torchvision
 from torch import nn
 
-from evalcam.metrics.faithfulness import occlusion_boxes
-from evalcam.metrics.incremental import IncrementalModel, incremental_model
+from evalcam.methods.occlusion import occlusion_boxes
+from evalcam.models.incremental import IncrementalModel, incremental_model
 
 
 def _full_forward(model: nn.Module, x: torch.Tensor, box, fill: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ from evalcam.methods.gradcam import (
     XGradCAM,
 )
 from evalcam.methods.gradients import Backprop, GuidedBackprop, GuidedGradCAM, guided_relus
+from evalcam.methods.occlusion import Occlusion
 from evalcam.methods.perturbation import AblationCAM, ScoreCAM
 from evalcam.models.bundle import ModelBundle
 
@@ -53,6 +54,7 @@ METHODS: dict[str, tuple[type[Explainer], str, str]] = {
     "eigencam": (EigenCAM, "activation-cam", "Muhammad & Yeasin 2020, Eigen-CAM"),
     "scorecam": (ScoreCAM, "perturbation-cam", "Wang et al. 2020, Score-CAM"),
     "ablationcam": (AblationCAM, "perturbation-cam", "Desai & Ramaswamy 2020, Ablation-CAM"),
+    "occlusion": (Occlusion, "perturbation", "Zeiler & Fergus 2014, occlusion sensitivity"),
     "backprop": (Backprop, "input-gradient", "Simonyan et al. 2014, gradient saliency (Backprop)"),
     "guided_backprop": (GuidedBackprop, "input-gradient", "Springenberg et al. 2015, Guided Backpropagation"),
     "guided_gradcam": (GuidedGradCAM, "input-gradient", "Selvaraju et al. 2017, Guided Grad-CAM"),

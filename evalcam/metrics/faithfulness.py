@@ -16,7 +16,7 @@ For the top-1 predicted class ``c`` of each image:
 
 The paper does not state the patch size or stride; both are parameters (defaults 45 and 15 px on a
 224 px input). By default (``incremental``) each occluded copy re-computes only the part of each layer
-the window can reach, reusing the clean pass elsewhere (:mod:`evalcam.metrics.incremental`; same scores
+the window can reach, reusing the clean pass elsewhere (:mod:`evalcam.models.incremental`; same scores
 up to float round-off; 4-5x faster than full forwards on EfficientNet-Lite0 with the default window); models
 ``torch.fx`` cannot trace, and ``incremental=false``, score full copies, ``chunk_size`` per forward.
 With ``cache_dir`` set, occlusion maps are kept on disk (:class:`OcclusionCache`) and shared by every run
@@ -36,41 +36,14 @@ from typing import Any
 import torch
 
 from evalcam.maps import upsample
+from evalcam.methods.occlusion import occluded_outputs, occlusion_boxes, spread_drops
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
-from evalcam.metrics.incremental import Box, IncrementalModel, incremental_model
-from evalcam.metrics.perturb import class_scores, fill_value, model_of, normalization, scores_of_items
+from evalcam.metrics.perturb import class_scores, fill_value, model_of, normalization
 from evalcam.metrics.stats import flat_maps, spearman
+from evalcam.models.incremental import Box
 
 #: bump when the occlusion map's definition changes, so that old cached maps are not read
 CACHE_VERSION = 1
-
-
-def patch_origins(length: int, patch: int, stride: int) -> list[int]:
-    """Window starts along one axis: every ``stride`` px, plus one flush with the far border."""
-    patch = min(int(patch), length)
-    starts = list(range(0, length - patch + 1, max(1, int(stride))))
-    if starts[-1] != length - patch:
-        starts.append(length - patch)
-    return starts
-
-
-def occlusion_boxes(size: tuple[int, int], patch: int, stride: int) -> list[Box]:
-    """``(y0, y1, x0, x1)`` of every occlusion window, in raster order of their top-left corners."""
-    height, width = size
-    ph, pw = min(patch, height), min(patch, width)
-    return [
-        (y, y + ph, x, x + pw)
-        for y in patch_origins(height, patch, stride)
-        for x in patch_origins(width, patch, stride)
-    ]
-
-
-def occlusion_windows(boxes: list[Box], size: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """Bool ``[P, H, W]``: one mask per box."""
-    windows = torch.zeros(len(boxes), *size, dtype=torch.bool, device=device)
-    for i, (y0, y1, x0, x1) in enumerate(boxes):
-        windows[i, y0:y1, x0:x1] = True
-    return windows
 
 
 def occlusion_map(
@@ -85,67 +58,16 @@ def occlusion_map(
 ) -> torch.Tensor:
     """``[B, H, W]`` mean drop of ``score`` of ``classes`` over the occlusion windows covering each pixel.
 
-    ``incremental``: re-compute only each window's receptive-field cone (:mod:`evalcam.metrics.incremental`)
+    ``incremental``: re-compute only each window's receptive-field cone (:mod:`evalcam.models.incremental`)
     where the model can be traced; otherwise every occluded copy is a full forward, ``chunk_size`` per call.
     """
     size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
-    executor = incremental_model(model) if incremental else None
-    if executor is not None:
-        clean, occluded = _incremental_scores(executor, inputs, classes, boxes, fill, score, chunk_size)
-    else:
-        clean, occluded = _dense_scores(model, inputs, classes, boxes, fill, score, chunk_size)
-    drops = clean[:, None] - occluded.to(clean.device)
-    weights = occlusion_windows(boxes, size, inputs.device).double()
-    return torch.einsum("bp,phw->bhw", drops, weights) / weights.sum(0).clamp_min(1)
-
-
-def _dense_scores(
-    model: torch.nn.Module,
-    inputs: torch.Tensor,
-    classes: torch.Tensor,
-    boxes: list[Box],
-    fill: torch.Tensor,
-    score: str,
-    chunk_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    clean, occluded = occluded_outputs(model, inputs, boxes, fill, chunk_size, incremental)
     count = len(boxes)
-    windows = occlusion_windows(boxes, (int(inputs.shape[-2]), int(inputs.shape[-1])), inputs.device)
-    with torch.no_grad():
-        clean = class_scores(model(inputs), classes, score).double()
-
-    def inputs_of(start: int, stop: int) -> torch.Tensor:
-        index = torch.arange(start, stop, device=inputs.device)
-        image, window = index // count, index % count
-        return torch.where(windows[window][:, None], fill, inputs[image])
-
-    item_classes = classes.repeat_interleave(count)
-    occluded = scores_of_items(model, len(item_classes), inputs_of, item_classes, score, chunk_size)
-    return clean, occluded.view(-1, count)
-
-
-def _incremental_scores(
-    executor: IncrementalModel,
-    inputs: torch.Tensor,
-    classes: torch.Tensor,
-    boxes: list[Box],
-    fill: torch.Tensor,
-    score: str,
-    chunk_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    # Every node of the clean pass is cached for the images of a group: bounded, like a chunk of
-    # occluded copies, by ``chunk_size`` (an image's cache is a few times its activations).
-    group = max(1, int(chunk_size) // 4)
-    clean_scores, occluded_scores = [], []
-    for start in range(0, inputs.shape[0], group):
-        images, targets = inputs[start : start + group], classes[start : start + group]
-        cache = executor.clean_pass(images)
-        clean_scores.append(class_scores(executor.output_of(cache), targets, score).double())
-        per_window = [
-            class_scores(executor.occluded(cache, box, fill), targets, score).double() for box in boxes
-        ]
-        occluded_scores.append(torch.stack(per_window, dim=1))
-        del cache
-    return torch.cat(clean_scores), torch.cat(occluded_scores)
+    clean_scores = class_scores(clean, classes, score).double()
+    occluded_scores = class_scores(occluded.flatten(0, 1), classes.repeat_interleave(count), score).double()
+    drops = clean_scores[:, None] - occluded_scores.view(-1, count).to(clean_scores.device)
+    return spread_drops(drops, boxes, size)
 
 
 class OcclusionCache:

@@ -1,0 +1,142 @@
+"""Occlusion sensitivity (Zeiler & Fergus, ECCV 2014): the map at a pixel is the mean drop of the target
+score over the occlusion windows covering it, each window filled with ``fill``.
+
+Windows are ``patch_size`` px squares every ``stride`` px, plus a last row/column flush with the far border
+so every pixel is covered (Captum's ``Occlusion`` leaves those pixels out when the stride does not divide the
+free length; elsewhere the two agree). Maps are at input resolution, ``[B, K, H, W]``.
+
+Each occluded copy differs from the clean image only inside its window, so by default it is scored by
+incremental re-inference (:mod:`evalcam.models.incremental`): only the window's receptive-field cone is
+re-computed, exactly, 4-5x faster than a full forward per window on EfficientNet-Lite0. Models that
+``torch.fx`` cannot trace, and ``incremental=False``, run full forwards, ``chunk_size`` copies per call.
+The same machinery produces the occlusion maps of the faithfulness metric.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from evalcam.methods.base import Explainer, Explanation, Targets, resolve_targets
+from evalcam.models.incremental import Box, incremental_model
+
+
+def patch_origins(length: int, patch: int, stride: int) -> list[int]:
+    """Window starts along one axis: every ``stride`` px, plus one flush with the far border."""
+    patch = min(int(patch), length)
+    starts = list(range(0, length - patch + 1, max(1, int(stride))))
+    if starts[-1] != length - patch:
+        starts.append(length - patch)
+    return starts
+
+
+def occlusion_boxes(size: tuple[int, int], patch: int, stride: int) -> list[Box]:
+    """``(y0, y1, x0, x1)`` of every occlusion window, in raster order of their top-left corners."""
+    height, width = size
+    ph, pw = min(patch, height), min(patch, width)
+    return [
+        (y, y + ph, x, x + pw)
+        for y in patch_origins(height, patch, stride)
+        for x in patch_origins(width, patch, stride)
+    ]
+
+
+def occlusion_windows(boxes: list[Box], size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Bool ``[P, H, W]``: one mask per box."""
+    windows = torch.zeros(len(boxes), *size, dtype=torch.bool, device=device)
+    for i, (y0, y1, x0, x1) in enumerate(boxes):
+        windows[i, y0:y1, x0:x1] = True
+    return windows
+
+
+def spread_drops(drops: torch.Tensor, boxes: list[Box], size: tuple[int, int]) -> torch.Tensor:
+    """``[..., P]`` per-window drops -> ``[..., H, W]``: the mean over the windows covering each pixel."""
+    weights = occlusion_windows(boxes, size, drops.device).to(drops.dtype)
+    return torch.einsum("...p,phw->...hw", drops, weights) / weights.sum(0).clamp_min(1)
+
+
+@torch.no_grad()
+def occluded_outputs(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    boxes: list[Box],
+    fill: torch.Tensor,
+    chunk_size: int = 64,
+    incremental: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's outputs on ``inputs`` ``[B, ...]`` (clean) and on each occluded copy ``[B, P, ...]``,
+    window ``p`` of ``boxes`` set to ``fill`` (broadcast to ``[1, C, 1, 1]``)."""
+    executor = incremental_model(model) if incremental else None
+    if executor is None:
+        return _dense_outputs(model, inputs, boxes, fill, chunk_size)
+    # The clean pass is cached node by node for a group of images: bounded like a chunk of copies.
+    group = max(1, int(chunk_size) // 4)
+    clean, occluded = [], []
+    for start in range(0, inputs.shape[0], group):
+        cache = executor.clean_pass(inputs[start : start + group])
+        clean.append(executor.output_of(cache))
+        occluded.append(torch.stack([executor.occluded(cache, box, fill) for box in boxes], dim=1))
+        del cache
+    return torch.cat(clean), torch.cat(occluded)
+
+
+def _dense_outputs(
+    model: nn.Module, inputs: torch.Tensor, boxes: list[Box], fill: torch.Tensor, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    count = len(boxes)
+    windows = occlusion_windows(boxes, (int(inputs.shape[-2]), int(inputs.shape[-1])), inputs.device)
+    clean = model(inputs)
+    outputs = []
+    total = inputs.shape[0] * count
+    for start in range(0, total, max(1, int(chunk_size))):
+        index = torch.arange(start, min(total, start + max(1, int(chunk_size))), device=inputs.device)
+        image, window = index // count, index % count
+        outputs.append(model(torch.where(windows[window][:, None], fill, inputs[image])))
+    occluded = torch.cat(outputs)
+    return clean, occluded.view(inputs.shape[0], count, *occluded.shape[1:])
+
+
+class Occlusion(Explainer):
+    """Occlusion sensitivity maps ``[B, K, H, W]`` of the target scores (see the module docstring).
+
+    ``fill`` is in the network's input space: 0 is the dataset's mean colour for normalized inputs.
+    One set of occluded passes serves every target of an image (``TopK(5)`` costs what ``TopK(1)`` costs).
+    """
+
+    name = "occlusion"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        patch_size: int = 45,
+        stride: int = 15,
+        fill: float = 0.0,
+        chunk_size: int = 64,
+        incremental: bool = True,
+        autocast: torch.dtype | str | None = None,
+    ) -> None:
+        super().__init__(model, autocast=autocast)
+        if int(patch_size) < 1 or int(stride) < 1:
+            raise ValueError(
+                f"occlusion needs patch_size >= 1 and stride >= 1, got {patch_size} and {stride}"
+            )
+        self.patch_size, self.stride, self.fill = int(patch_size), int(stride), float(fill)
+        self.chunk_size, self.incremental = int(chunk_size), bool(incremental)
+
+    def explain(self, images: torch.Tensor, targets: Targets) -> Explanation:
+        x = images.to(self.device)
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        boxes = occlusion_boxes(size, self.patch_size, self.stride)
+        fill = torch.full((1, x.shape[1], 1, 1), self.fill, dtype=x.dtype, device=x.device)
+        with self._autocast():
+            clean, occluded = occluded_outputs(self.model, x, boxes, fill, self.chunk_size, self.incremental)
+        clean, occluded = clean.float(), occluded.float()
+        classes, score_fns = resolve_targets(targets, clean)
+        drops = torch.stack(
+            [
+                fn(clean)[:, None] - torch.stack([fn(occluded[:, p]) for p in range(len(boxes))], dim=1)
+                for fn in score_fns
+            ],
+            dim=1,
+        )
+        return Explanation(maps=spread_drops(drops, boxes, size), logits=clean, classes=classes)
