@@ -73,7 +73,11 @@ def sweep_overrides(spec: dict[str, Any], profile_name: str, extra: Sequence[str
     prof = profile(spec, profile_name)
     axes = [[_axis_overrides(axis, v) for v in values] for axis, values in prof.get("sweep", {}).items()]
     shared = [*map(str, prof.get("overrides", [])), f"experiment={spec['mlflow_experiment']}"]
-    return [[*shared, *itertools.chain.from_iterable(point), *extra] for point in itertools.product(*axes)]
+    points = [list(itertools.chain.from_iterable(point)) for point in itertools.product(*axes)]
+    # ``exclude``: combinations that cannot run (e.g. CAM on a network without a GAP+FC head).
+    excluded = [[str(o) for o in entry] for entry in prof.get("exclude", [])]
+    points = [p for p in points if not any(all(o in p for o in entry) for entry in excluded)]
+    return [[*shared, *point, *extra] for point in points]
 
 
 def compose_many(override_lists: Sequence[Sequence[str]]) -> list[dict[str, Any]]:

@@ -40,6 +40,28 @@ def test_experiment_profiles_compose_with_hydra(name):
     assert not any("lite" in str(c["model"]["name"]) for c in compose_many(sweep_overrides(spec, "paper")))
 
 
+def test_profile_exclude_drops_combinations_that_cannot_run():
+    spec = {
+        "mlflow_experiment": "x",
+        "profiles": {
+            "p": {
+                "sweep": {"model": ["a", "b"], "method": ["m", "cam"]},
+                "exclude": [["model=a", "method=cam"]],
+            }
+        },
+    }
+    points = [p[1:] for p in sweep_overrides(spec, "p")]
+    assert points == [["model=a", "method=m"], ["model=b", "method=m"], ["model=b", "method=cam"]]
+    # CAM needs a GAP+FC head: torchvision's VGG-16 and AlexNet have none (found by running the profile).
+    table1 = load_experiment("gradcam_table1", ROOT / "experiments")
+    cam_models = {
+        c["model"]["name"]
+        for c in compose_many(sweep_overrides(table1, "paper"))
+        if c["method"]["name"] == "cam"
+    }
+    assert cam_models == {"googlenet"}
+
+
 def test_only_selects_sweep_points_and_dry_run_lists_them(capsys):
     from evalcam.cli import main
     from evalcam.experiments import run_experiment, select_points
