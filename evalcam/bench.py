@@ -636,7 +636,7 @@ def time_faithfulness(
     from evalcam.data.types import Sample
     from evalcam.methods import build_explainer
 
-    metric = build_metrics({"faithfulness": {}}, device)[0]
+    metric = build_metrics({"faithfulness": {"incremental": True}}, device)[0]
     explainer = build_explainer("gradcam", bundle)
     size = images[0].shape[-2:]
     full = torch.tensor([[0.0, 0.0, size[1] - 1.0, size[0] - 1.0]])

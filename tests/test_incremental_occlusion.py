@@ -132,3 +132,16 @@ def test_incremental_occlusion_on_cuda_matches_full_forward():
     boxes = [(0, 16, 0, 16), (40, 56, 33, 49), (80, 96, 0, 96)]
     # cuDNN picks different algorithms for crops and full maps: round-off only.
     _check(model, x, boxes, torch.zeros(1, 3, 1, 1, device="cuda"), atol=1e-3)
+
+
+def test_incremental_auto_means_cpu_only_and_bad_values_fail_at_construction():
+    from evalcam.methods.occlusion import Occlusion, use_incremental
+    from evalcam.metrics.faithfulness import OcclusionFaithfulness
+
+    assert use_incremental("auto", torch.device("cpu"))
+    assert not use_incremental("auto", torch.device("cuda"))
+    assert use_incremental(True, torch.device("cuda")) and not use_incremental(False, torch.device("cpu"))
+    with pytest.raises(ValueError, match="true, false or 'auto'"):
+        OcclusionFaithfulness(incremental="sometimes")
+    with pytest.raises(ValueError, match="true, false or 'auto'"):
+        Occlusion(nn.Conv2d(3, 1, 1), incremental="yes")

@@ -15,10 +15,10 @@ For the top-1 predicted class ``c`` of each image:
    for ties, ``scipy.stats.spearmanr``) over all pixels is the image's score; ``spearman`` is the mean.
 
 The paper does not state the patch size or stride; both are parameters (defaults 45 and 15 px on a
-224 px input). By default (``incremental``) each occluded copy re-computes only the part of each layer
-the window can reach, reusing the clean pass elsewhere (:mod:`evalcam.models.incremental`; same scores
-up to float round-off; 4-5x faster than full forwards on EfficientNet-Lite0 with the default window); models
-``torch.fx`` cannot trace, and ``incremental=false``, score full copies, ``chunk_size`` per forward.
+224 px input). Occluded copies are scored by :func:`evalcam.methods.occlusion.occluded_outputs`: on the
+CPU (``incremental: auto``) each re-computes only the part of each layer its window can reach, reusing the
+clean pass elsewhere (exact up to float round-off, 4-5x faster than full forwards on EfficientNet-Lite0);
+on GPUs and with ``incremental=false``, full copies run ``chunk_size`` per forward.
 With ``cache_dir`` set, occlusion maps are kept on disk (:class:`OcclusionCache`) and shared by every run
 that scores the same model, images and classes (the methods of a sweep).
 A constant or non-finite map (method or occlusion) has no ranking: it scores 0 and is counted in
@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from evalcam.maps import upsample
-from evalcam.methods.occlusion import occluded_outputs, occlusion_boxes, spread_drops
+from evalcam.methods.occlusion import occluded_outputs, occlusion_boxes, spread_drops, use_incremental
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.perturb import class_scores, fill_value, model_of, normalization
 from evalcam.metrics.stats import flat_maps, spearman
@@ -54,7 +54,7 @@ def occlusion_map(
     fill: torch.Tensor,
     score: str = "logit",
     chunk_size: int = 64,
-    incremental: bool = False,
+    incremental: bool | str = False,
 ) -> torch.Tensor:
     """``[B, H, W]`` mean drop of ``score`` of ``classes`` over the occlusion windows covering each pixel.
 
@@ -131,12 +131,13 @@ class OcclusionFaithfulness(Metric):
         fill: str | float = "mean",
         score: str = "logit",
         chunk_size: int = 64,
-        incremental: bool = True,
+        incremental: bool | str = "auto",
         cache_dir: str | None = None,
     ) -> None:
         super().__init__(device)
         self.patch_size, self.stride = int(patch_size), int(stride)
-        self.incremental = bool(incremental)
+        use_incremental(incremental, torch.device("cpu"))  # reject a bad value now, not mid-run
+        self.incremental = incremental
         self.cache = OcclusionCache(cache_dir) if cache_dir else None
         self.fill, self.score, self.chunk_size = fill, score, int(chunk_size)
         for state in ("spearman_sum", "images", "degenerate"):
