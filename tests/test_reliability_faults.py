@@ -106,15 +106,21 @@ def test_full_disk_while_finishing_keeps_the_previous_summary(tmp_path, monkeypa
 @pytest.mark.slow
 def test_ctrl_c_then_the_same_command_resumes_to_identical_numbers(tmp_path, reference):
     output = tmp_path / "runs"
-    cmd = [
-        sys.executable,
-        "-m",
-        "evalcam",
-        "run",
-        *OVERRIDES,
-        f"dataset.limit={IMAGES}",
-        f"output_dir={output}",
-    ]
+    args = ["run", *OVERRIDES, f"dataset.limit={IMAGES}", f"output_dir={output}"]
+    # Each batch after it is safely written pauses, so Ctrl-C lands mid-run however loaded the machine is
+    # (on a busy CI host the 3 real batches could all finish before the signal was delivered).
+    slow_batches = (
+        "import time, evalcam.results as r\n"
+        "write = r.ResultStore.append\n"
+        "def append(self, *a, **k):\n"
+        "    path = write(self, *a, **k)\n"
+        "    time.sleep(30)\n"
+        "    return path\n"
+        "r.ResultStore.append = append\n"
+        "from evalcam.cli import main\n"
+        f"main({args!r})\n"
+    )
+    cmd = [sys.executable, "-c", slow_batches]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     # Hydra's job logging writes to stdout: read both streams.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
