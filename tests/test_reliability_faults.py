@@ -112,9 +112,12 @@ def test_ctrl_c_then_the_same_command_resumes_to_identical_numbers(tmp_path, ref
     slow_batches = (
         "import time, evalcam.results as r\n"
         "write = r.ResultStore.append\n"
+        "paused = []\n"
         "def append(self, *a, **k):\n"
         "    path = write(self, *a, **k)\n"
-        "    time.sleep(30)\n"
+        "    if not paused:\n"  # once: whatever the runner writes while it stops must not wait
+        "        paused.append(1)\n"
+        "        time.sleep(20)\n"
         "    return path\n"
         "r.ResultStore.append = append\n"
         "from evalcam.cli import main\n"
@@ -131,7 +134,7 @@ def test_ctrl_c_then_the_same_command_resumes_to_identical_numbers(tmp_path, ref
                 proc.send_signal(signal.SIGINT)
                 break
             time.sleep(0.01)
-        stderr, _ = proc.communicate(timeout=60)
+        stderr, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
