@@ -110,6 +110,9 @@ def test_ctrl_c_then_the_same_command_resumes_to_identical_numbers(tmp_path, ref
     # Each batch after it is safely written pauses, so Ctrl-C lands mid-run however loaded the machine is
     # (on a busy CI host the 3 real batches could all finish before the signal was delivered).
     slow_batches = (
+        # A shell that starts jobs in the background (nohup ... &) hands its children SIGINT ignored, and
+        # Python keeps an ignored SIGINT: restore the handler a terminal gives, which is what is tested.
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import time, evalcam.results as r\n"
         "write = r.ResultStore.append\n"
         "paused = []\n"
