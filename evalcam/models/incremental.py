@@ -236,52 +236,40 @@ class IncrementalModel:
             if node.target in _ADD_FUNCTIONS and len(args) == 2:
                 return self._add(args, out)
             return None
-        rule: Callable[..., Patched | None] | None = None
-        if node.op == "call_module":
-            module = self.modules[str(node.target)]
-            if _pointwise_module(module) and len(args) == 1 and not node.kwargs:
-                rule = lambda: self._pointwise(first, out, module)  # noqa: E731
-            elif isinstance(module, nn.ZeroPad2d):
-                rule = lambda: self._shift(first, out, module.padding)  # noqa: E731
-            elif isinstance(module, nn.Conv2d) and module.padding_mode == "zeros" and len(args) == 1:
-                rule = lambda: self._window(  # noqa: E731
-                    first,
-                    out,
-                    module.kernel_size,
-                    module.stride,
-                    module.padding,
-                    module.dilation,
-                    lambda x: F.conv2d(
-                        x, module.weight, module.bias, module.stride, 0, module.dilation, module.groups
-                    ),
-                    0.0,
-                )
-            elif isinstance(module, nn.MaxPool2d) and not module.ceil_mode and len(args) == 1:
-                rule = lambda: self._window(  # noqa: E731
-                    first,
-                    out,
-                    module.kernel_size,
-                    module.stride,
-                    module.padding,
-                    module.dilation,
-                    lambda x: F.max_pool2d(x, module.kernel_size, module.stride, 0, module.dilation),
-                    -math.inf,
-                )
-        elif node.op == "call_function":
-            if node.target in _POINTWISE_FUNCTIONS and len(args) == 1:
-                fn = node.target
-                kwargs = dict(node.kwargs)
-                rule = lambda: self._pointwise(first, out, lambda t: fn(t, **kwargs))  # type: ignore[operator]  # noqa: E731
-            elif node.target in _ADD_FUNCTIONS and len(args) == 2 and not node.kwargs:
-                rule = lambda: self._add(args, out)  # noqa: E731
-            elif node.target in (torch.conv2d, F.conv2d) and not node.kwargs:
-                rule = lambda: self._conv_function(first, out, args)  # noqa: E731
-        if rule is None:
-            return None
-        result = rule()
+        result = self._apply_rule(node, first, args, out)
         if result is not None and self._too_big(result):
             return None
         return result
+
+    def _apply_rule(
+        self, node: fx.Node, x: Patched, args: Sequence[Any], out: torch.Tensor
+    ) -> Patched | None:
+        """Run ``node`` on the changed region of ``x`` if an incremental rule covers it."""
+        if node.op == "call_module":
+            module = self.modules[str(node.target)]
+            if len(args) != 1:
+                return None
+            if _pointwise_module(module) and not node.kwargs:
+                return self._pointwise(x, out, module)
+            if isinstance(module, nn.ZeroPad2d):
+                return self._shift(x, out, module.padding)
+            window = _sliding_window_op(module)
+            if window is None:
+                return None
+            fn, pad_value = window
+            return self._window(
+                x, out, module.kernel_size, module.stride, module.padding, module.dilation, fn, pad_value
+            )
+        if node.op != "call_function":
+            return None
+        if node.target in _POINTWISE_FUNCTIONS and len(args) == 1:
+            fn, kwargs = node.target, dict(node.kwargs)
+            return self._pointwise(x, out, lambda t: fn(t, **kwargs))  # type: ignore[operator]
+        if node.target in _ADD_FUNCTIONS and len(args) == 2 and not node.kwargs:
+            return self._add(args, out)
+        if node.target in (torch.conv2d, F.conv2d) and not node.kwargs:
+            return self._conv_function(x, out, args)
+        return None
 
     def _too_big(self, value: Patched) -> bool:
         y0, y1, x0, x1 = value.box
@@ -385,6 +373,22 @@ class IncrementalModel:
         if patch.shape[-2:] != (oy1 - oy0, ox1 - ox0) or patch.shape[:2] != out.shape[:2]:
             return None
         return Patched(out, (oy0, oy1, ox0, ox1), patch)
+
+
+def _sliding_window_op(
+    module: nn.Module,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], float] | None:
+    """The op a convolution or max-pool applies to an explicitly padded crop, and its pad value."""
+    if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
+        conv = module
+        return (
+            lambda x: F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups),
+            0.0,
+        )
+    if isinstance(module, nn.MaxPool2d) and not module.ceil_mode:
+        pool = module
+        return lambda x: F.max_pool2d(x, pool.kernel_size, pool.stride, 0, pool.dilation), -math.inf
+    return None
 
 
 def _pointwise_module(module: nn.Module) -> bool:
