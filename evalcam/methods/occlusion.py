@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from evalcam.methods.base import Explainer, Explanation, Targets, resolve_targets
+from evalcam.models.chunked import chunked_forward
 from evalcam.models.incremental import Box, incremental_model
 
 
@@ -97,14 +98,15 @@ def _dense_outputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     count = len(boxes)
     windows = occlusion_windows(boxes, (int(inputs.shape[-2]), int(inputs.shape[-1])), inputs.device)
-    clean = model(inputs)
-    outputs = []
-    total = inputs.shape[0] * count
-    for start in range(0, total, max(1, int(chunk_size))):
-        index = torch.arange(start, min(total, start + max(1, int(chunk_size))), device=inputs.device)
+
+    def occluded_copies(start: int, stop: int) -> torch.Tensor:
+        index = torch.arange(start, stop, device=inputs.device)
         image, window = index // count, index % count
-        outputs.append(model(torch.where(windows[window][:, None], fill, inputs[image])))
-    occluded = torch.cat(outputs)
+        return torch.where(windows[window][:, None], fill, inputs[image])
+
+    clean = model(inputs)
+    total = inputs.shape[0] * count
+    occluded = torch.cat([out for _, out in chunked_forward(model, total, occluded_copies, chunk_size)])
     return clean, occluded.view(inputs.shape[0], count, *occluded.shape[1:])
 
 

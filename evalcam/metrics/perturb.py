@@ -7,15 +7,11 @@ depend on how images were grouped into batches (up to float round-off of batched
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
 from evalcam.metrics.base import EvalBatch
-
-#: builds the network inputs ``[n, 3, H, W]`` of items ``start .. stop-1``
-ItemInputs = Callable[[int, int], torch.Tensor]
+from evalcam.models.chunked import ItemInputs, chunked_forward
 
 
 def model_of(batch: EvalBatch) -> nn.Module:
@@ -51,12 +47,10 @@ def scores_of_items(
     model: nn.Module, count: int, inputs_of: ItemInputs, classes: torch.Tensor, score: str, chunk_size: int
 ) -> torch.Tensor:
     """Scores ``[count]`` of ``classes[i]`` on perturbed input ``i``, ``chunk_size`` inputs per forward."""
-    out = []
-    chunk_size = max(1, int(chunk_size))
-    for start in range(0, count, chunk_size):
-        stop = min(count, start + chunk_size)
-        logits = model(inputs_of(start, stop))
-        out.append(class_scores(logits, classes[start:stop], score).double())
+    out = [
+        class_scores(logits, classes[items], score).double()
+        for items, logits in chunked_forward(model, count, inputs_of, chunk_size)
+    ]
     if not out:
         return torch.zeros(0, dtype=torch.float64)
     return torch.cat(out)
