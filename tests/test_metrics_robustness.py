@@ -10,7 +10,7 @@ from torch import nn
 from evalcam.data.types import Sample
 from evalcam.methods import TopK
 from evalcam.methods.gradcam import GradCAM
-from evalcam.metrics.base import EvalBatch
+from evalcam.metrics.base import explain_batch
 from evalcam.metrics.robustness import AdversarialRobustness, _input_gradient, fgsm, pgd, random_starts
 from evalcam.models.bundle import ModelBundle, Preprocess
 
@@ -105,16 +105,7 @@ def _setup(n=3, size=16):
         )
         for i in range(n)
     ]
-    batch = EvalBatch(
-        samples=samples,
-        inputs=inputs,
-        logits=pred.logits,
-        pred_classes=pred.classes,
-        pred_maps=pred.maps,
-        explainer=explainer,
-        bundle=bundle,
-    )
-    return batch
+    return explain_batch(samples, inputs, bundle, explainer, topk=1, need_gt=False)
 
 
 def test_zero_budget_changes_nothing():
@@ -157,18 +148,6 @@ def test_random_start_is_seeded_per_image():
     assert runs[0] == runs[1]
 
 
-def _part(batch: EvalBatch, lo: int, hi: int) -> EvalBatch:
-    return EvalBatch(
-        samples=batch.samples[lo:hi],
-        inputs=batch.inputs[lo:hi],
-        logits=batch.logits[lo:hi],
-        pred_classes=batch.pred_classes[lo:hi],
-        pred_maps=batch.pred_maps[lo:hi],
-        explainer=batch.explainer,
-        bundle=batch.bundle,
-    )
-
-
 def test_random_starts_depend_on_the_image_not_its_batch():
     ids = ["a", "b", "c"]
     together = random_starts(ids, (3, 4, 4), eps=0.1, seed=7)
@@ -201,7 +180,7 @@ def test_every_record_is_the_same_in_one_batch_or_image_by_image():
     kw = dict(attacks=["fgsm", "pgd"], eps=0.1, steps=3, alpha=0.03, random_start=True, seed=5)
     together = AdversarialRobustness(**kw).update(batch)
     singles = AdversarialRobustness(**kw)
-    alone = [record for i in range(4) for record in singles.update(_part(batch, i, i + 1))]
+    alone = [record for i in range(4) for record in singles.update(batch.rows(i, i + 1))]
     for a, b in zip(together, alone, strict=True):
         assert a.keys() == b.keys()
         for key in a:
@@ -213,7 +192,7 @@ def test_merged_halves_equal_one_accumulator():
     kw = dict(attacks=["fgsm"], eps=0.05)
 
     def part(lo, hi):
-        return _part(batch, lo, hi)
+        return batch.rows(lo, hi)
 
     whole, first, second = (
         AdversarialRobustness(**kw),

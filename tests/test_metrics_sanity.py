@@ -5,16 +5,16 @@ failing the check."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 from torch import nn
 
 from evalcam.data.types import Sample
-from evalcam.methods import TopK
 from evalcam.methods.baselines import CenterBaseline
 from evalcam.methods.gradcam import GradCAM
-from evalcam.metrics.base import EvalBatch
+from evalcam.metrics.base import explain_batch
 from evalcam.metrics.sanity import CascadingRandomization, cascade_layers, rebind_explainer, reinitialize
 from evalcam.metrics.stats import spearman
 from evalcam.models.bundle import ModelBundle, Preprocess
@@ -46,21 +46,12 @@ def _batch(explainer, model, n=3, size=16, extra=None):
         preprocess=Preprocess((size, size), (0.5,) * 3, (0.25,) * 3),
     )
     inputs = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(2))
-    pred = explainer.explain(inputs, TopK(1))
     samples = [
         Sample(image=torch.zeros(3, size, size, dtype=torch.uint8), image_id=str(i), labels=[])
         for i in range(n)
     ]
-    return EvalBatch(
-        samples=samples,
-        inputs=inputs,
-        logits=pred.logits,
-        pred_classes=pred.classes,
-        pred_maps=pred.maps,
-        explainer=explainer,
-        bundle=bundle,
-        extra=extra or {},
-    )
+    batch = explain_batch(samples, inputs, bundle, explainer, topk=1, need_gt=False)
+    return dataclasses.replace(batch, extra=extra or {})
 
 
 def test_default_cascade_goes_from_the_top_down():
@@ -144,21 +135,10 @@ def test_merged_halves_equal_one_accumulator():
     explainer = GradCAM(model, "act2")
     full = _batch(explainer, model, n=4)
 
-    def part(lo, hi):
-        return EvalBatch(
-            samples=full.samples[lo:hi],
-            inputs=full.inputs[lo:hi],
-            logits=full.logits[lo:hi],
-            pred_classes=full.pred_classes[lo:hi],
-            pred_maps=full.pred_maps[lo:hi],
-            explainer=explainer,
-            bundle=full.bundle,
-        )
-
     whole, first, second = (CascadingRandomization(steps=2) for _ in range(3))
     whole.update(full)
-    first.update(part(0, 2))
-    second.update(part(2, 4))
+    first.update(full.rows(0, 2))
+    second.update(full.rows(2, 4))
     first.merge(second)
     assert first.compute() == pytest.approx(whole.compute())
 

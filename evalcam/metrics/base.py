@@ -8,7 +8,7 @@ that the runner appends to the run's Parquet table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -35,6 +35,24 @@ class EvalBatch:
     gt_classes: torch.Tensor | None = None
     gt_maps: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def rows(self, start: int, stop: int) -> EvalBatch:
+        """Images ``start .. stop-1``: a smaller batch, e.g. to check that a metric ignores batching."""
+        part = slice(start, stop)
+
+        def cut(value: torch.Tensor | None) -> torch.Tensor | None:
+            return None if value is None else value[part]
+
+        return replace(
+            self,
+            samples=self.samples[part],
+            inputs=self.inputs[part],
+            logits=self.logits[part],
+            pred_classes=self.pred_classes[part],
+            pred_maps=self.pred_maps[part],
+            gt_classes=cut(self.gt_classes),
+            gt_maps=cut(self.gt_maps),
+        )
 
 
 def explain_batch(
