@@ -20,6 +20,7 @@ from evalcam.methods.gradients import GuidedBackprop
 from evalcam.methods.hooks import count_hooks
 from evalcam.methods.perturbation import AblationCAM, ScoreCAM
 from evalcam.methods.reshape import tokens_to_grid
+from evalcam.methods.rise import RISE, rise_grids, rise_masks
 from evalcam.models.bundle import ModelBundle, Preprocess
 
 
@@ -242,6 +243,57 @@ def test_scorecam_paper_defaults_by_hand_and_chunking(images):
     assert expected.amax() > 0
 
 
+def naive_rise(model, images, masks, classes, p):
+    """Eq. 6 of the RISE paper one mask and one image at a time."""
+    out = torch.zeros(len(images), *images.shape[-2:])
+    with torch.no_grad():
+        for b, image in enumerate(images):
+            for mask in masks:
+                prob = model((image * mask)[None]).softmax(-1)[0, classes[b]]
+                out[b] += prob * mask
+    return out / (len(masks) * p)
+
+
+def test_rise_is_eq6_by_hand_for_any_chunking(images):
+    model = make(TinyCNN)
+    cls = torch.tensor([0, 3, 4])
+    grids, shifts = rise_grids(40, 4, 0.3, seed=3)
+    expected = naive_rise(model, images, rise_masks(grids, shifts, (16, 16)), cls, 0.3)
+    for chunk in (1, 7, 1000):
+        ours = RISE(model, num_masks=40, cells=4, p=0.3, seed=3, chunk_size=chunk)(images, cls)
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6)
+    assert expected.std() > 0
+    other_seed = RISE(model, num_masks=40, cells=4, p=0.3, seed=4)(images, cls)
+    assert not torch.allclose(other_seed, expected)
+
+
+def test_rise_masks_are_the_authors_construction():
+    """Against the RISE authors' recipe written independently with scikit-image: each s x s grid is resized
+    bilinearly (order=1) to (s + 1) * C px, C = ceil(H / s), then cropped at the mask's shift. Equal wherever
+    the resize interpolates between grid cells; within half a cell of the resized border the authors'
+    ``mode="reflect"`` and torch's edge clamping differ, so that strip is left out."""
+    resize = pytest.importorskip("skimage.transform").resize
+    s, size, cell = 7, 224, 32
+    grids, shifts = rise_grids(12, s, 0.5, seed=0)
+    masks = rise_masks(grids, shifts, (size, size))
+    assert masks.shape == (12, size, size) and masks.min() >= 0 and masks.max() <= 1
+    up = (s + 1) * cell
+    factor = up / s
+    inside = torch.tensor([factor / 2 - 0.5 <= j <= (s - 0.5) * factor - 0.5 for j in range(up)])
+    for i in range(12):
+        big = torch.from_numpy(
+            resize(grids[i].double().numpy(), (up, up), order=1, mode="reflect", anti_aliasing=False)
+        ).float()
+        dy, dx = (int(v) for v in (shifts[i] * cell).long())
+        theirs = big[dy : dy + size, dx : dx + size]
+        keep = inside[dy : dy + size][:, None] & inside[dx : dx + size][None, :]
+        assert keep.float().mean() > 0.8
+        torch.testing.assert_close(masks[i][keep], theirs[keep], atol=1e-5, rtol=0)
+    # On average a fraction p of the image is kept.
+    many = rise_masks(*rise_grids(2000, s, 0.25, seed=1), (size, size))
+    assert abs(float(many.mean()) - 0.25) < 0.01
+
+
 def test_scorecam_runs_one_pass_for_all_constant_channels(images):
     """Dead (constant) channels all mask the input to the zero image: the result is the brute-force one,
     but the network sees each varying (image, channel) pair once and the zero image once for the rest."""
@@ -412,12 +464,14 @@ def test_eigencam_sign_points_at_the_active_region():
 # --- API behaviour common to every method -----------------------------------------------------------
 
 TINY_METHODS = sorted(name for name in METHODS if name not in ("center", "random"))
+# Fewer random masks than RISE's 4000 keep the API checks cheap; the algorithm is checked by hand above.
+CHEAP = {"rise": {"num_masks": 64}}
 
 
 @pytest.mark.parametrize("name", [*TINY_METHODS, "pgc/GradCAM"])
 def test_batch_equals_single_images_and_target_specs(images, name):
     model = make(TinyCNN)
-    explainer = build_explainer(name, bundle_of(model))
+    explainer = build_explainer(name, bundle_of(model), **CHEAP.get(name, {}))
     classes = torch.tensor([[1, 3], [0, 2], [4, 4]])
     batched = explainer.explain(images, classes)
     assert batched.maps.shape[:2] == (3, 2) and batched.maps.dtype == torch.float32
@@ -438,7 +492,7 @@ def test_callable_target_scales_the_map(images, name):
     """f = 2 * logit_c: maps linear in the score double, Guided Grad-CAM (a product of two) quadruples,
     ratio-based and class-agnostic ones do not move."""
     model = make(TinyCNN)
-    explainer = build_explainer(name, bundle_of(model))
+    explainer = build_explainer(name, bundle_of(model), **CHEAP.get(name, {}))
     by_index = explainer(images, torch.tensor([2, 2, 2]))
     by_function = explainer(images, lambda out: 2.0 * out[:, 2])
     assert by_function.shape == by_index.shape
@@ -454,9 +508,9 @@ def test_explainer_follows_a_swapped_model(images, name):
     """Metrics such as the sanity check point an explainer at a modified copy of the model
     (``explainer.model = copy``); nothing may stay bound to the original modules."""
     original, other = make(TinyCNN, seed=0), make(TinyCNN, seed=5)
-    explainer = build_explainer(name, bundle_of(original))
+    explainer = build_explainer(name, bundle_of(original), **CHEAP.get(name, {}))
     explainer.model = other
-    expected = build_explainer(name, bundle_of(other))(images, torch.tensor([0, 1, 2]))
+    expected = build_explainer(name, bundle_of(other), **CHEAP.get(name, {}))(images, torch.tensor([0, 1, 2]))
     torch.testing.assert_close(explainer(images, torch.tensor([0, 1, 2])), expected)
     assert count_hooks(original) == 0 and count_hooks(other) == 0
 
@@ -644,6 +698,10 @@ def test_unknown_method_and_bad_options_are_clear():
         build_explainer("nope", bundle)
     with pytest.raises(ValueError, match="score must be"):
         build_explainer("scorecam", bundle, score="probability")
+    with pytest.raises(ValueError, match="rise score must be"):
+        build_explainer("rise", bundle, score="softmax")
+    with pytest.raises(ValueError, match="0 < p <= 1"):
+        build_explainer("rise", bundle, p=0)
     with pytest.raises(ValueError, match="unknown autocast dtype"):
         build_explainer("gradcam", bundle, autocast="int8")
     with pytest.raises(ValueError, match="unknown reshape"):

@@ -31,6 +31,7 @@ from evalcam.methods.gradcam import (
 from evalcam.methods.gradients import Backprop, GuidedBackprop, GuidedGradCAM, guided_relus
 from evalcam.methods.occlusion import Occlusion
 from evalcam.methods.perturbation import AblationCAM, ScoreCAM
+from evalcam.methods.rise import RISE
 from evalcam.models.bundle import ModelBundle
 
 # name -> (class, family, paper). Family and paper become MLflow tags.
@@ -55,6 +56,7 @@ METHODS: dict[str, tuple[type[Explainer], str, str]] = {
     "scorecam": (ScoreCAM, "perturbation-cam", "Wang et al. 2020, Score-CAM"),
     "ablationcam": (AblationCAM, "perturbation-cam", "Desai & Ramaswamy 2020, Ablation-CAM"),
     "occlusion": (Occlusion, "perturbation", "Zeiler & Fergus 2014, occlusion sensitivity"),
+    "rise": (RISE, "perturbation", "Petsiuk et al. 2018, RISE"),
     "backprop": (Backprop, "input-gradient", "Simonyan et al. 2014, gradient saliency (Backprop)"),
     "guided_backprop": (GuidedBackprop, "input-gradient", "Springenberg et al. 2015, Guided Backpropagation"),
     "guided_gradcam": (GuidedGradCAM, "input-gradient", "Selvaraju et al. 2017, Guided Grad-CAM"),

@@ -1,0 +1,115 @@
+"""RISE (Petsiuk, Das, Saenko, BMVC 2018): the map is the expected target score under random masks,
+
+    ``S(x) = 1 / (N * p) * sum_i f(I * M_i) * M_i(x)``   (Eq. 6, ``E[M] = p``)
+
+Masks (Sec. 3.2): ``N`` binary ``s x s`` grids, each cell kept with probability ``p``, upsampled bilinearly to
+``(s + 1) * C`` (``C = ceil(H / s)`` the cell size) and cropped to ``H x W`` at a random shift in ``[0, C)``,
+so their edges fall anywhere, not on a fixed lattice. ``I * M`` multiplies the network input, so a masked-out
+pixel becomes 0 in the normalized space, the dataset's mean colour (the authors' code does the same).
+
+``f`` is the target's softmax probability by default (the paper's black-box setting). ``score: sigmoid`` is
+TorchRay's variant for its multi-label VOC/COCO models (which also uses 8000 masks and divides by ``N`` only:
+a constant factor, invisible to every metric that normalizes maps). Maps are at input resolution.
+
+The grids and shifts come from one generator seeded with ``seed``: every image sees the same masks, so an
+image's map does not depend on its batch or on ``chunk_size``, and a run is reproducible. One set of masked
+passes serves every target of an image (``TopK(5)`` costs what ``TopK(1)`` costs). Cost: ``N`` forward passes
+per image, ``chunk_size`` network inputs per pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evalcam.methods.base import Explainer, Explanation, TargetFn, Targets, resolve_targets
+from evalcam.methods.perturbation import column_scores
+
+
+def rise_grids(num_masks: int, cells: int, p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary grids ``[N, s, s]`` (1 = kept, probability ``p``) and shift fractions ``[N, 2]`` in ``[0, 1)``.
+
+    Tiny (``N * (s*s + 2)`` numbers), so they are drawn once; shifts become pixels once the input size is
+    known (:func:`rise_masks`).
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    grids = (torch.rand(num_masks, cells, cells, generator=generator) < p).float()
+    shifts = torch.rand(num_masks, 2, generator=generator)
+    return grids, shifts
+
+
+def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Smooth masks ``[n, H, W]`` in ``[0, 1]`` from grids ``[n, s, s]`` and shift fractions ``[n, 2]``."""
+    height, width = size
+    cells = grids.shape[-1]
+    cell_h, cell_w = math.ceil(height / cells), math.ceil(width / cells)
+    big = ((cells + 1) * cell_h, (cells + 1) * cell_w)
+    upsampled = F.interpolate(grids[:, None], size=big, mode="bilinear", align_corners=False)[:, 0]
+    dy = (shifts[:, 0] * cell_h).long().clamp_max(cell_h - 1)
+    dx = (shifts[:, 1] * cell_w).long().clamp_max(cell_w - 1)
+    rows = dy[:, None] + torch.arange(height, device=grids.device)  # [n, H]
+    cols = dx[:, None] + torch.arange(width, device=grids.device)  # [n, W]
+    index = torch.arange(len(grids), device=grids.device)[:, None, None]
+    # Bilinear weights can sum to 1 + 1 ulp; masks must stay in [0, 1].
+    return upsampled[index, rows[:, :, None], cols[:, None, :]].clamp_(0.0, 1.0)
+
+
+class RISE(Explainer):
+    """RISE maps ``[B, K, H, W]`` of the target scores (see the module docstring)."""
+
+    name = "rise"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_masks: int = 4000,
+        cells: int = 7,
+        p: float = 0.5,
+        seed: int = 0,
+        score: str = "prob",
+        chunk_size: int = 64,
+        autocast: torch.dtype | str | None = None,
+    ) -> None:
+        super().__init__(model, autocast=autocast)
+        if int(num_masks) < 1 or int(cells) < 1 or not 0.0 < float(p) <= 1.0:
+            raise ValueError(
+                f"rise needs num_masks >= 1, cells >= 1 and 0 < p <= 1, got {num_masks}, {cells} and {p}"
+            )
+        if score not in ("prob", "sigmoid", "logit"):
+            raise ValueError(f"rise score must be 'prob', 'sigmoid' or 'logit', got {score!r}")
+        self.num_masks, self.cells, self.p, self.seed = int(num_masks), int(cells), float(p), int(seed)
+        self.score, self.chunk_size = score, int(chunk_size)
+        self._grids, self._shifts = rise_grids(self.num_masks, self.cells, self.p, self.seed)
+
+    def _scores(
+        self, outputs: torch.Tensor, classes: torch.Tensor | None, fns: list[TargetFn]
+    ) -> torch.Tensor:
+        outputs = outputs.float()
+        if self.score == "sigmoid":
+            outputs = outputs.sigmoid()
+        return column_scores(outputs, classes, fns, softmax=self.score == "prob")
+
+    @torch.no_grad()
+    def explain(self, images: torch.Tensor, targets: Targets) -> Explanation:
+        x = images.to(self.device)
+        b = x.shape[0]
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        with self._autocast():
+            logits = self.model(x).float()
+        classes, score_fns = resolve_targets(targets, logits)
+        saliency = torch.zeros(b, len(score_fns), *size, device=x.device)
+        # Masks per pass: every image of the batch sees each mask of the chunk, so callable targets get
+        # whole [B, num_classes] batches, the layout they were written for.
+        per_pass = max(1, self.chunk_size // b)
+        for start in range(0, self.num_masks, per_pass):
+            part = slice(start, min(self.num_masks, start + per_pass))
+            masks = rise_masks(self._grids[part].to(x.device), self._shifts[part].to(x.device), size)
+            masked = masks[:, None, None] * x[None]  # [m, B, channels, H, W]
+            with self._autocast():
+                outputs = self.model(masked.flatten(0, 1).to(x.dtype))
+            scores = self._scores(outputs.view(len(masks), b, -1), classes, score_fns)  # [m, B, K]
+            saliency += torch.einsum("mbk,mhw->bkhw", scores, masks)
+        return Explanation(maps=saliency / (self.num_masks * self.p), logits=logits, classes=classes)
