@@ -68,16 +68,16 @@ def test_only_selects_sweep_points_and_dry_run_lists_them(capsys):
 
     spec = load_experiment("pointing_game", ROOT / "experiments")
     points = sweep_overrides(spec, "paper", ["dataset.limit=2"])
-    assert len(points) == 16  # 2 datasets x 2 models x 4 methods
+    assert len(points) == 20  # 2 datasets x 2 models x 5 methods
     chosen = select_points(points, ["dataset=voc2007", "model=vgg16"])
-    assert len(chosen) == 4 and all("dataset=voc2007" in p and "model=vgg16" in p for p in chosen)
+    assert len(chosen) == 5 and all("dataset=voc2007" in p and "model=vgg16" in p for p in chosen)
     assert select_points(points, []) == points
     main(["experiment", "pointing_game", "--dry-run", "--only", "model=resnet50", "--only", "method=gradcam"])
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 2 and all(
         "model=resnet50" in line and "method=gradcam" in line for line in printed
     )
-    with pytest.raises(ValueError, match="matches none of the 16 sweep points"):
+    with pytest.raises(ValueError, match="matches none of the 20 sweep points"):
         run_experiment("pointing_game", "paper", [], ROOT / "experiments", only=["model=vgg19"])
 
 
@@ -98,7 +98,7 @@ def test_published_values_carry_a_source_and_are_numbers_or_marked_unverified(na
 
 
 def test_torchray_pointing_values_as_published():
-    # Spot checks against TorchRay's docs/pointing.csv (grad_cam and center rows).
+    # Spot checks against TorchRay's docs/pointing.csv (grad_cam, center and rise rows).
     spec = load_experiment("pointing_game", ROOT / "experiments")
     rows = {(r["method"], r["model"], r["dataset"]): r["values"] for r in spec["published"]["rows"]}
     assert rows[("gradcam", "resnet50", "voc2007")] == {
@@ -108,6 +108,10 @@ def test_torchray_pointing_values_as_published():
     assert rows[("center", "vgg16", "coco2014")] == {
         "pointing/accuracy": 27.8,
         "pointing/difficult_accuracy": 19.5,
+    }
+    assert rows[("rise", "resnet50", "coco2014")] == {
+        "pointing/accuracy": 54.7,
+        "pointing/difficult_accuracy": 50.0,
     }
 
 
