@@ -191,17 +191,14 @@ def test_merged_halves_equal_one_accumulator():
     batch = _setup(n=4)
     kw = dict(attacks=["fgsm"], eps=0.05)
 
-    def part(lo, hi):
-        return batch.rows(lo, hi)
-
     whole, first, second = (
         AdversarialRobustness(**kw),
         AdversarialRobustness(**kw),
         AdversarialRobustness(**kw),
     )
     whole.update(batch)
-    first.update(part(0, 2))
-    second.update(part(2, 4))
+    first.update(batch.rows(0, 2))
+    second.update(batch.rows(2, 4))
     first.merge(second)
     merged, single = first.compute(), whole.compute()
     assert all(

@@ -11,12 +11,12 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import cli_pausing_after_batch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from PIL import Image
@@ -107,26 +107,7 @@ def test_full_disk_while_finishing_keeps_the_previous_summary(tmp_path, monkeypa
 def test_ctrl_c_then_the_same_command_resumes_to_identical_numbers(tmp_path, reference):
     output = tmp_path / "runs"
     args = ["run", *OVERRIDES, f"dataset.limit={IMAGES}", f"output_dir={output}"]
-    # Each batch after it is safely written pauses, so Ctrl-C lands mid-run however loaded the machine is
-    # (on a busy CI host the 3 real batches could all finish before the signal was delivered).
-    slow_batches = (
-        # A shell that starts jobs in the background (nohup ... &) hands its children SIGINT ignored, and
-        # Python keeps an ignored SIGINT: restore the handler a terminal gives, which is what is tested.
-        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-        "import time, evalcam.results as r\n"
-        "write = r.ResultStore.append\n"
-        "paused = []\n"
-        "def append(self, *a, **k):\n"
-        "    path = write(self, *a, **k)\n"
-        "    if not paused:\n"  # once: whatever the runner writes while it stops must not wait
-        "        paused.append(1)\n"
-        "        time.sleep(20)\n"
-        "    return path\n"
-        "r.ResultStore.append = append\n"
-        "from evalcam.cli import main\n"
-        f"main({args!r})\n"
-    )
-    cmd = [sys.executable, "-c", slow_batches]
+    cmd = cli_pausing_after_batch(args, batches=1, seconds=20)
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     # Hydra's job logging writes to stdout: read both streams.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import cli_pausing_after_batch
 
 IMAGES = 6
 COMMON = (
@@ -136,31 +137,10 @@ def test_torchrun_ranks_shard_the_same_image_list_under_start_skew(reference, tm
     assert_same_results(run_dir_of(tmp_path / "runs"), reference)
 
 
-# Pauses after the second written batch, so a SIGKILL sent then lands mid-run however loaded the machine.
-PAUSE_AFTER_TWO_BATCHES = """
-import sys, time
-from evalcam import results
-
-write = results.ResultStore.append
-
-def append(self, *args, **kwargs):
-    path = write(self, *args, **kwargs)
-    if len(self.parts()) >= 2:
-        time.sleep(60)
-    return path
-
-results.ResultStore.append = append
-from evalcam.cli import main
-main(sys.argv[1:])
-"""
-
-
 @pytest.mark.slow
 def test_sigkill_then_rerun_gives_uninterrupted_numbers(reference, tmp_path):
     cmd = evalcam("batch_size=1", f"output_dir={tmp_path / 'runs'}")
-    script = tmp_path / "pause_after_two_batches.py"
-    script.write_text(PAUSE_AFTER_TWO_BATCHES)
-    paused = [sys.executable, str(script), *cmd[3:]]  # the same `run ...` arguments
+    paused = cli_pausing_after_batch(cmd[3:], batches=2, seconds=60)  # the same `run ...` arguments
     proc = subprocess.Popen(paused, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + TIMEOUT
     try:

@@ -33,14 +33,19 @@ from evalcam.models.layers import resolve_layer
 
 
 def column_scores(
-    outputs: torch.Tensor, classes: torch.Tensor | None, score_fns: list[TargetFn], softmax: bool = False
+    outputs: torch.Tensor, classes: torch.Tensor | None, score_fns: list[TargetFn], score: str = "logit"
 ) -> torch.Tensor:
     """Scores ``[m, B, K]`` of the targets for ``m`` variants of each of the ``B`` images (``outputs`` is
-    ``[m, B, num_classes]``). Callable targets see one ``[B, num_classes]`` slice at a time, exactly the
-    batch layout they were written for."""
+    ``[m, B, num_classes]``), read from the raw outputs (``"logit"``), their softmax (``"prob"``) or their
+    sigmoid (``"sigmoid"``, multi-label models). Callable targets see one ``[B, num_classes]`` slice at a
+    time, exactly the batch layout they were written for."""
     outputs = outputs.float()
-    if softmax:
+    if score == "prob":
         outputs = outputs.softmax(-1)
+    elif score == "sigmoid":
+        outputs = outputs.sigmoid()
+    elif score != "logit":
+        raise ValueError(f"unknown score {score!r}; use 'prob', 'sigmoid' or 'logit'")
     if classes is not None:
         return outputs.gather(2, classes[None].expand(outputs.shape[0], -1, -1))
     return torch.stack([torch.stack([fn(o).float() for fn in score_fns], -1) for o in outputs])
@@ -100,7 +105,7 @@ class ScoreCAM(CAMExplainer):
     def _scores(
         self, outputs: torch.Tensor, classes: torch.Tensor | None, fns: list[TargetFn]
     ) -> torch.Tensor:
-        return column_scores(outputs, classes, fns, softmax=self.score == "prob")
+        return column_scores(outputs, classes, fns, self.score)
 
     def zero_image_scores(
         self, images: torch.Tensor, classes: torch.Tensor | None, fns: list[TargetFn]

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evalcam.methods.base import Explainer, Explanation, TargetFn, Targets, resolve_targets
+from evalcam.methods.base import Explainer, Explanation, Targets, resolve_targets
 from evalcam.methods.perturbation import column_scores
 
 
@@ -84,14 +84,6 @@ class RISE(Explainer):
         self.score, self.chunk_size = score, int(chunk_size)
         self._grids, self._shifts = rise_grids(self.num_masks, self.cells, self.p, self.seed)
 
-    def _scores(
-        self, outputs: torch.Tensor, classes: torch.Tensor | None, fns: list[TargetFn]
-    ) -> torch.Tensor:
-        outputs = outputs.float()
-        if self.score == "sigmoid":
-            outputs = outputs.sigmoid()
-        return column_scores(outputs, classes, fns, softmax=self.score == "prob")
-
     @torch.no_grad()
     def explain(self, images: torch.Tensor, targets: Targets) -> Explanation:
         x = images.to(self.device)
@@ -110,6 +102,8 @@ class RISE(Explainer):
             masked = masks[:, None, None] * x[None]  # [m, B, channels, H, W]
             with self._autocast():
                 outputs = self.model(masked.flatten(0, 1).to(x.dtype))
-            scores = self._scores(outputs.view(len(masks), b, -1), classes, score_fns)  # [m, B, K]
+            scores = column_scores(
+                outputs.view(len(masks), b, -1), classes, score_fns, self.score
+            )  # [m, B, K]
             saliency += torch.einsum("mbk,mhw->bkhw", scores, masks)
         return Explanation(maps=saliency / (self.num_masks * self.p), logits=logits, classes=classes)
