@@ -23,7 +23,7 @@ from tqdm import tqdm
 from evalcam import __version__
 from evalcam.data import Sample, SkippedImage, build_dataset, collate_samples
 from evalcam.figures import ExampleRow, example_grid
-from evalcam.methods import METHODS, TopK, build_explainer
+from evalcam.methods import TopK, build_explainer, method_tags
 from evalcam.metrics import build_metrics
 from evalcam.metrics.base import explain_batch
 from evalcam.models import load_model
@@ -271,7 +271,7 @@ def finish(
         raise storage_error(err, target, f"The per-image results in {store.parts_dir} are intact.") from err
 
     method = config["method"]["name"]
-    family, paper = METHODS[method][1:] if method in METHODS else ("external", "")
+    family, paper = method_tags(method)
     summary = {
         "run_name": run_name(config),
         "experiment": config.get("experiment") or f"{config['dataset']['name']}/{config['model']['name']}",

@@ -75,3 +75,14 @@ def test_hydra_selects_any_pytorch_grad_cam_class_through_method_name():
     assert explainer.name == "pgc/EigenCAM"
     assert method_tags(method["name"])[0] == "external"
     assert explainer(torch.randn(1, 3, 8, 8), torch.tensor([1])).shape == (1, 8, 8)
+
+
+def test_config_params_repeat_the_method_record_defaults():
+    """conf/method/<name>.yaml and the class defaults are the same facts; the record reads the class."""
+    configs = _configs()
+    for name, record in METHODS.items():
+        params = dict(configs[name].get("params") or {})
+        defaults = record.default_params
+        for key, value in params.items():
+            assert key in defaults, f"conf/method/{name}.yaml sets {key}, which {record.cls.__name__} lacks"
+            assert defaults[key] == value, f"{name}.{key}: yaml {value!r} != class default {defaults[key]!r}"

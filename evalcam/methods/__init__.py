@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from typing import Any
 
 from evalcam.methods.base import (
@@ -31,55 +30,110 @@ from evalcam.methods.gradcam import (
 from evalcam.methods.gradients import Backprop, GuidedBackprop, GuidedGradCAM, guided_relus
 from evalcam.methods.occlusion import Occlusion
 from evalcam.methods.perturbation import AblationCAM, ScoreCAM
+from evalcam.methods.record import MethodRecord
 from evalcam.methods.rise import RISE
 from evalcam.models.bundle import ModelBundle
 
-# name -> (class, family, paper). Family and paper become MLflow tags.
-METHODS: dict[str, tuple[type[Explainer], str, str]] = {
-    "gradcam": (GradCAM, "gradient-cam", "Selvaraju et al. 2017, Grad-CAM"),
-    "counterfactual_gradcam": (
+# The built-in methods. Family and paper become MLflow tags; cost and peers drive the benchmark.
+METHODS: dict[str, MethodRecord] = {
+    "gradcam": MethodRecord(
+        GradCAM,
+        "gradient-cam",
+        "Selvaraju et al. 2017, Grad-CAM",
+        "gradient",
+        (("pgc", "GradCAM"), ("captum", "LayerGradCam"), ("torchcam", "GradCAM")),
+    ),
+    "counterfactual_gradcam": MethodRecord(
         CounterfactualGradCAM,
         "gradient-cam",
         "Selvaraju et al. 2017, Grad-CAM (counterfactual explanations)",
+        "gradient",
     ),
-    "gradcampp": (GradCAMPlusPlus, "gradient-cam", "Chattopadhyay et al. 2018, Grad-CAM++ (exp-score form)"),
-    "gradcampp_approx": (
+    "gradcampp": MethodRecord(
+        GradCAMPlusPlus,
+        "gradient-cam",
+        "Chattopadhyay et al. 2018, Grad-CAM++ (exp-score form)",
+        "gradient",
+        (("pgc", "GradCAMPlusPlus"), ("torchcam", "GradCAMpp")),
+    ),
+    "gradcampp_approx": MethodRecord(
         GradCAMPlusPlusApprox,
         "gradient-cam",
         "Chattopadhyay et al. 2018, Grad-CAM++ (pytorch-grad-cam approximation)",
+        "gradient",
+        (("pgc", "GradCAMPlusPlus"), ("torchcam", "GradCAMpp")),
     ),
-    "xgradcam": (XGradCAM, "gradient-cam", "Fu et al. 2020, XGrad-CAM"),
-    "hirescam": (HiResCAM, "gradient-cam", "Draelos & Carin 2020, HiResCAM"),
-    "layercam": (LayerCAM, "gradient-cam", "Jiang et al. 2021, LayerCAM"),
-    "cam": (CAM, "activation-cam", "Zhou et al. 2016, CAM"),
-    "eigencam": (EigenCAM, "activation-cam", "Muhammad & Yeasin 2020, Eigen-CAM"),
-    "scorecam": (ScoreCAM, "perturbation-cam", "Wang et al. 2020, Score-CAM"),
-    "ablationcam": (AblationCAM, "perturbation-cam", "Desai & Ramaswamy 2020, Ablation-CAM"),
-    "occlusion": (Occlusion, "perturbation", "Zeiler & Fergus 2014, occlusion sensitivity"),
-    "rise": (RISE, "perturbation", "Petsiuk et al. 2018, RISE"),
-    "backprop": (Backprop, "input-gradient", "Simonyan et al. 2014, gradient saliency (Backprop)"),
-    "guided_backprop": (GuidedBackprop, "input-gradient", "Springenberg et al. 2015, Guided Backpropagation"),
-    "guided_gradcam": (GuidedGradCAM, "input-gradient", "Selvaraju et al. 2017, Guided Grad-CAM"),
-    "center": (CenterBaseline, "baseline", "centre-bias baseline"),
-    "random": (RandomBaseline, "baseline", "random-map baseline"),
+    "xgradcam": MethodRecord(
+        XGradCAM,
+        "gradient-cam",
+        "Fu et al. 2020, XGrad-CAM",
+        "gradient",
+        (("pgc", "XGradCAM"), ("torchcam", "XGradCAM")),
+    ),
+    "hirescam": MethodRecord(
+        HiResCAM, "gradient-cam", "Draelos & Carin 2020, HiResCAM", "gradient", (("pgc", "HiResCAM"),)
+    ),
+    "layercam": MethodRecord(
+        LayerCAM,
+        "gradient-cam",
+        "Jiang et al. 2021, LayerCAM",
+        "gradient",
+        (("pgc", "LayerCAM"), ("torchcam", "LayerCAM")),
+    ),
+    "cam": MethodRecord(CAM, "activation-cam", "Zhou et al. 2016, CAM", "forward", (("torchcam", "CAM"),)),
+    "eigencam": MethodRecord(
+        EigenCAM, "activation-cam", "Muhammad & Yeasin 2020, Eigen-CAM", "forward", (("pgc", "EigenCAM"),)
+    ),
+    "scorecam": MethodRecord(
+        ScoreCAM,
+        "perturbation-cam",
+        "Wang et al. 2020, Score-CAM",
+        "per_channel",
+        (("pgc", "ScoreCAM"), ("torchcam", "ScoreCAM")),
+    ),
+    "ablationcam": MethodRecord(
+        AblationCAM,
+        "perturbation-cam",
+        "Desai & Ramaswamy 2020, Ablation-CAM",
+        "per_channel",
+        (("pgc", "AblationCAM"),),
+    ),
+    "occlusion": MethodRecord(
+        Occlusion,
+        "perturbation",
+        "Zeiler & Fergus 2014, occlusion sensitivity",
+        "perturbation",
+        (("captum", "Occlusion"),),
+    ),
+    "rise": MethodRecord(RISE, "perturbation", "Petsiuk et al. 2018, RISE", "perturbation"),
+    "backprop": MethodRecord(
+        Backprop, "input-gradient", "Simonyan et al. 2014, gradient saliency (Backprop)", "gradient"
+    ),
+    "guided_backprop": MethodRecord(
+        GuidedBackprop,
+        "input-gradient",
+        "Springenberg et al. 2015, Guided Backpropagation",
+        "gradient",
+        (("captum", "GuidedBackprop"), ("pgc", "GuidedBackpropReLUModel")),
+    ),
+    "guided_gradcam": MethodRecord(
+        GuidedGradCAM,
+        "input-gradient",
+        "Selvaraju et al. 2017, Guided Grad-CAM",
+        "gradient",
+        (("captum", "GuidedGradCam"),),
+    ),
+    "center": MethodRecord(CenterBaseline, "baseline", "centre-bias baseline", "free"),
+    "random": MethodRecord(RandomBaseline, "baseline", "random-map baseline", "free"),
 }
-
-ExplainerFactory = Callable[..., Explainer]
-
-
-def register_method(name: str, family: str, paper: str) -> Callable[[type[Explainer]], type[Explainer]]:
-    def wrap(cls: type[Explainer]) -> type[Explainer]:
-        METHODS[name] = (cls, family, paper)
-        return cls
-
-    return wrap
 
 
 def method_tags(name: str) -> tuple[str, str]:
     """(family, paper) of a method name, including ``pgc/...`` names (family "external")."""
     if name.startswith("pgc/"):
         return "external", f"pytorch-grad-cam {name[4:]}"
-    return METHODS[name][1], METHODS[name][2]
+    record = METHODS[name]
+    return record.family, record.paper
 
 
 def build_explainer(name: str, bundle: ModelBundle, **params: Any) -> Explainer:
@@ -92,7 +146,7 @@ def build_explainer(name: str, bundle: ModelBundle, **params: Any) -> Explainer:
         return PytorchGradCAM(bundle.model, layer, name[4:], **params)
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}, pgc/<ClassName>")
-    cls = METHODS[name][0]
+    cls = METHODS[name].cls
     accepted = inspect.signature(cls.__init__).parameters
     if "classifier" in accepted and "classifier" not in params:
         if name == "cam" and not bundle.classifier:
@@ -111,11 +165,11 @@ __all__ = [
     "CAMExplainer",
     "Explainer",
     "Explanation",
+    "MethodRecord",
     "TopK",
     "build_explainer",
     "capture_activations",
     "guided_relus",
     "method_tags",
     "parse_autocast",
-    "register_method",
 ]

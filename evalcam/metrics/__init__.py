@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -41,14 +41,6 @@ def canonical_name(name: str) -> str:
     return ALIASES.get(name, name)
 
 
-def register_metric(name: str) -> Callable[[type[Metric]], type[Metric]]:
-    def wrap(cls: type[Metric]) -> type[Metric]:
-        METRICS[name] = cls
-        return cls
-
-    return wrap
-
-
 def build_metrics(
     settings: Mapping[str, Mapping[str, Any] | None], device: torch.device | str
 ) -> list[Metric]:
@@ -70,4 +62,4 @@ def build_metrics(
     ]
 
 
-__all__ = ["ALIASES", "METRICS", "EvalBatch", "Metric", "build_metrics", "canonical_name", "register_metric"]
+__all__ = ["ALIASES", "METRICS", "EvalBatch", "Metric", "build_metrics", "canonical_name"]
