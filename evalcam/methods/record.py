@@ -39,7 +39,7 @@ class MethodRecord:
 
     @property
     def default_params(self) -> dict[str, Any]:
-        """Keyword defaults of the class (``conf/method/<name>.yaml`` repeats them; a test keeps them equal)."""
+        """Keyword defaults of the class (``conf/method/<name>.yaml`` repeats them; tested)."""
         signature = inspect.signature(self.cls.__init__)
         return {
             name: p.default
