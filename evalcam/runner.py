@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from evalcam import __version__
 from evalcam.data import Sample, SkippedImage, build_dataset, collate_samples
+from evalcam.devices import resolve_device
 from evalcam.figures import ExampleRow, example_grid
 from evalcam.methods import TopK, build_explainer, method_tags
 from evalcam.metrics import build_metrics
@@ -41,15 +42,6 @@ class RunResult:
     run_dir: Path
     metrics: dict[str, float]
     mlflow_run_id: str | None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name} requested but CUDA is not available; use device=cpu or device=auto")
-    return device
 
 
 def distributed_rank() -> tuple[int, int]:

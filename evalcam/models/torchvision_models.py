@@ -9,7 +9,7 @@ Default target layers follow the papers:
 - VGG16 ``features.29``: the ReLU after conv5_3, i.e. the rectified last conv feature maps Grad-CAM uses
   (Selvaraju et al., ICCV 2017, §3);
 - AlexNet ``features.11``: the ReLU after conv5;
-- ResNet50 ``layer4``, GoogLeNet ``inception5b``: the last conv block before global average pooling,
+- ResNet18/50 ``layer4``, GoogLeNet ``inception5b``: the last conv block before global average pooling,
   the layer CAM is defined on (Zhou et al., CVPR 2016);
 - MobileNet / EfficientNet: the last block of ``features`` (the 1x1 conv + BN + activation before pooling).
 
@@ -33,11 +33,12 @@ log = logging.getLogger(__name__)
 
 EFFICIENTNETS = tuple(f"efficientnet_b{i}" for i in range(8))
 MOBILENETS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
-ARCHITECTURES = ("vgg16", "resnet50", "alexnet", "googlenet", *EFFICIENTNETS, *MOBILENETS)
+ARCHITECTURES = ("vgg16", "resnet18", "resnet50", "alexnet", "googlenet", *EFFICIENTNETS, *MOBILENETS)
 
 # Names of the linear layer right after global average pooling (+ dropout), for CAM. VGG/AlexNet have
 # fully connected layers on flattened maps and MobileNetV3 a two-layer head, so CAM does not apply there.
 CLASSIFIERS = {
+    "resnet18": "fc",
     "resnet50": "fc",
     "googlenet": "fc",
     "mobilenet_v2": "classifier.1",
@@ -59,6 +60,7 @@ LAST_FEATURE_BLOCK = {
 FIXED_LAYERS = {
     "vgg16": "features.29",
     "alexnet": "features.11",
+    "resnet18": "layer4",
     "resnet50": "layer4",
     "googlenet": "inception5b",
 }
