@@ -130,11 +130,10 @@ def time_faithfulness(
 ) -> dict[str, Any]:
     """Throughput of the faithfulness metric (occlusion sensitivity vs the map, Grad-CAM paper Sec. 5) on
     Grad-CAM maps, plus Captum's ``Occlusion`` with the same window and stride as a reference."""
-    from evalcam.metrics import build_metrics
-    from evalcam.metrics.base import explain_batch
-
     from evalcam.data.types import Sample
     from evalcam.methods import build_explainer
+    from evalcam.metrics import build_metrics
+    from evalcam.metrics.base import explain_batch
 
     metric = build_metrics({"faithfulness": {"incremental": True}}, device)[0]
     explainer = build_explainer("gradcam", bundle)
