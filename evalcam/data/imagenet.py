@@ -28,7 +28,7 @@ import csv
 import logging
 import math
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
@@ -45,6 +45,7 @@ from evalcam.data.base import (
     rescale_boxes,
 )
 from evalcam.data.imagenet_classes import imagenet_categories
+from evalcam.data.record_cache import RecordTable, cached_table, source_key
 from evalcam.data.types import Sample
 
 log = logging.getLogger(__name__)
@@ -214,16 +215,19 @@ def read_image_list(path: Path) -> list[tuple[Path, int | None]]:
     return entries
 
 
+WSOL_FILES = ("class_labels.txt", "image_sizes.txt", "localization.txt")
+
+
 @lru_cache(maxsize=4)
-def read_cached(path: str, kind: str, mtime_ns: int) -> dict[str, ImageRecord]:
-    """50k-image metadata takes about a second to parse; sweeps build the dataset once per run."""
-    del mtime_ns  # part of the cache key only: an edited file is read again
-    return read_solution_csv(Path(path)) if kind == "csv" else read_wsolevaluation(Path(path))
-
-
-def _own(records: dict[str, ImageRecord], keys) -> dict[str, ImageRecord]:
-    """Copies of the records of ``keys``, so a dataset never alters the shared cache."""
-    return {k: replace(records[k], labels=set(records[k].labels)) for k in keys if k in records}
+def read_cached(path: str, kind: str, key: str) -> RecordTable:
+    """50k-image metadata takes seconds to parse: parsed once per machine (on disk, see
+    :mod:`evalcam.data.record_cache`) and once per process (here); ``key`` names the files' versions."""
+    del key  # part of the in-process cache key only: an edited file is read again
+    source = Path(path)
+    if kind == "csv":
+        return cached_table([source], kind, lambda: read_solution_csv(source))
+    files = [source / name for name in WSOL_FILES if (source / name).is_file()]
+    return cached_table(files, kind, lambda: read_wsolevaluation(source))
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -319,10 +323,11 @@ class ImageNetVal(EvalDataset):
             )
         source = Path(annotations).expanduser()
         if source.is_file() and source.suffix.lower() == ".csv":
-            return _own(read_cached(str(source.resolve()), "csv", source.stat().st_mtime_ns), self.paths)
+            key = source_key([source], "csv")
+            return read_cached(str(source.resolve()), "csv", key).select(self.paths)
         if (source / "localization.txt").is_file() and (source / "class_labels.txt").is_file():
-            mtime = (source / "localization.txt").stat().st_mtime_ns
-            return _own(read_cached(str(source.resolve()), "wsol", mtime), self.paths)
+            key = source_key([source / n for n in WSOL_FILES if (source / n).is_file()], "wsol")
+            return read_cached(str(source.resolve()), "wsol", key).select(self.paths)
         xml_dir = source / "val" if (source / "val").is_dir() else source
         if xml_dir.is_dir() and any(xml_dir.glob("*.xml")):
             records: dict[str, ImageRecord] = {}
