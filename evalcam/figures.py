@@ -239,8 +239,10 @@ def log_figure(path: Path, tracking_uri: str | None, experiment: str, run_name: 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m evalcam figure figure1|grid ...`` (see ``--help``)."""
     import argparse
-    import os
 
+    from omegaconf import OmegaConf
+
+    from evalcam.config import compose_run_config
     from evalcam.data import build_dataset
     from evalcam.models import load_model
 
@@ -266,12 +268,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     bundle = load_model(args.model, device=args.device)
-    roots = {"imagenet_val": ("EVALCAM_IMAGENET_ROOT", "EVALCAM_IMAGENET_ANNOTATIONS"),
-             "voc2007": ("EVALCAM_VOC_ROOT", None), "coco2017": ("EVALCAM_COCO_ROOT", None)}  # fmt: skip
-    root_env, ann_env = roots.get(args.dataset, (None, None))
-    kwargs = {"root": os.environ.get(root_env)} if root_env else {}
-    if ann_env:
-        kwargs["annotations"] = os.environ.get(ann_env)
+    # The dataset's section of the run config: its roots, environment variables and defaults.
+    section = OmegaConf.to_container(compose_run_config([f"dataset={args.dataset}"]).dataset, resolve=True)
+    kwargs = {k: v for k, v in section.items() if k not in ("name", "limit") and v is not None}  # type: ignore[union-attr]
     out = Path(args.out or f"reports/figures/{args.kind}_{args.model}.png")
     if args.kind == "figure1":
         dataset = build_dataset(args.dataset, **kwargs)

@@ -220,3 +220,26 @@ def test_captum_guided_backprop_is_not_compared_where_it_does_not_guide(lite0, p
     ours = build_explainer("guided_backprop", bundle).explain(small, torch.tensor([1, 3])).extra["rgb"][:, 0]
     torch.testing.assert_close(ours, theirs)
     assert entry.comparable and entry.note == ""
+
+
+def test_startup_measure_reports_a_child_processes_wall_cpu_and_last_line():
+    import sys
+
+    from evalcam.bench.startup import measure
+
+    out = measure([sys.executable, "-c", "import sys; sum(range(3_000_000)); print('first'); print('done')"])
+    assert out["returncode"] == 0 and out["last_line"] == "done"
+    assert 0 < out["cpu_s"] <= out["wall_s"] + 0.5  # a child's CPU time, not the parent's
+    failed = measure([sys.executable, "-c", "raise SystemExit('evalcam: error: bad key')"])
+    assert failed["returncode"] == 1 and failed["last_line"] == "evalcam: error: bad key"
+
+
+def test_end_to_end_line_divides_images_by_the_measured_seconds():
+    from evalcam.bench.startup import format_end_to_end
+
+    line = format_end_to_end(
+        {"images": 8, "floor_s": 4.0, "run_loop_s": 5.0, "run": {"returncode": 0, "wall_s": 16.0}}
+    )
+    # 8 / 16 = 0.5 images/s wall, floor 8 / 4 = 2 images/s, ratio 0.25; the loop 1.6 images/s = 0.8x floor
+    assert "0.50 images/s wall" in line and "floor 2.00 images/s" in line and "0.25x" in line
+    assert "loop / floor 0.80x" in line

@@ -68,6 +68,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--faith-images", type=int, default=None, help="images for the occlusion timing (default 4, 1 quick)"
     )
+    parser.add_argument(
+        "--startup", action="store_true", help="also time --help, a one-image run and its MLflow logging"
+    )
+    parser.add_argument(
+        "--end-to-end", type=int, default=0, metavar="N", help="also time a whole N-image run vs its floor"
+    )
+    parser.add_argument(
+        "--run-override",
+        action="append",
+        default=[],
+        metavar="OVERRIDE",
+        help="Hydra override for the --startup/--end-to-end runs, e.g. dataset=imagenet_val (repeatable)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="small batch, few repeats, cheap methods only")
     parser.add_argument("--json", type=Path, default=None, help="write all results to this JSON file")
@@ -202,6 +215,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{syn['images_per_s']:.1f} images/s ({syn['seconds']:.1f} s); stages: {stages}; "
             f"extrapolated ILSVRC2012 val (50k): {syn['ilsvrc_val_minutes']:.1f} min"
         )
+    if args.startup or args.end_to_end:
+        import tempfile
+
+        from evalcam.bench import startup
+
+        with tempfile.TemporaryDirectory(prefix="evalcam-bench-") as tmp:
+            if args.startup:
+                costs = startup.fixed_costs(Path(tmp) / "startup", args.run_override)
+                result["startup"] = costs
+                print("\n" + startup.format_fixed_costs(costs))
+            if args.end_to_end:
+                e2e = startup.end_to_end(Path(tmp) / "e2e", args.end_to_end, args.run_override)
+                result["end_to_end"] = e2e
+                print("\n" + startup.format_end_to_end(e2e))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=str))

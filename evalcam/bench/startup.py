@@ -1,0 +1,157 @@
+"""What a user waits for besides the batch loop: start-up, a one-image run, logging, and a whole run's
+images/s against the bare decode + forward + gradient floor of the same images.
+
+Every figure comes from fresh processes (``python -m evalcam ...``), so imports are counted as a user pays
+them. CPU seconds (user + system of the child) are reported beside wall seconds: on a loaded machine
+wall time mostly measures the other processes, CPU time measures evalcam.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def measure(command: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Wall and CPU seconds of one child process; its exit code and the last line it printed."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "returncode": done.returncode,
+        "last_line": lines[-1] if lines else "",
+    }
+
+
+def _evalcam(*args: str) -> list[str]:
+    return [sys.executable, "-m", "evalcam", *args]
+
+
+def fixed_costs(workdir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """``--help``, ``import torch``, a one-image run with MLflow logging, and ``evalcam log`` of it again."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    store = f"sqlite:///{workdir / 'mlflow.db'}"
+    common = [f"output_dir={workdir / 'runs'}", f"tracking_uri={store}", "progress=false", "n_examples=1"]
+    out: dict[str, Any] = {
+        "help": measure(_evalcam("--help")),
+        "import_torch": measure([sys.executable, "-c", "import torch"]),
+        "run_1_image": measure(_evalcam("run", "dataset.limit=1", *common, *(overrides or []))),
+    }
+    summaries = sorted((workdir / "runs").glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
+    if summaries:
+        summary = json.loads(summaries[-1].read_text())
+        out["run_loop_s"] = summary["metrics"].get("run/seconds")
+        out["log_again"] = measure(_evalcam("log", str(summaries[-1].parent)))
+    return out
+
+
+def end_to_end(workdir: Path, images: int, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A whole ``evalcam run`` of ``images`` images (default method, weak_loc, MLflow logging) in a child
+    process, against the floor of the same images in this process: decode + preprocess + one forward +
+    the gradient of each top-k score at the target layer (what top-k Grad-CAM cannot avoid)."""
+    from omegaconf import OmegaConf
+
+    from evalcam.config import compose_run_config
+    from evalcam.data import Sample, build_dataset
+    from evalcam.models import load_model
+    from evalcam.models.layers import resolve_layer
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    store = f"sqlite:///{workdir / 'mlflow.db'}"
+    args = [f"dataset.limit={images}", f"output_dir={workdir / 'runs'}", f"tracking_uri={store}",
+            "progress=false", "device=cpu", *(overrides or [])]  # fmt: skip
+    run = measure(_evalcam("run", *args))
+    config = OmegaConf.to_container(compose_run_config(args), resolve=True)
+    assert isinstance(config, dict)
+    dataset_cfg = {k: v for k, v in config["dataset"].items() if k != "name" and v is not None}
+    bundle = load_model(
+        config["model"]["name"], device="cpu", target_layer=config["model"].get("target_layer")
+    )
+    layer = resolve_layer(bundle.model, str(bundle.target_layer))
+    batch_size, topk = int(config["batch_size"]), int(config["topk"])
+
+    def floor() -> int:
+        dataset = build_dataset(config["dataset"]["name"], **dataset_cfg)
+        count = 0
+        store: dict[str, torch.Tensor] = {}
+        for start in range(0, len(dataset), batch_size):
+            samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            images_ = [s.image for s in samples if isinstance(s, Sample)]
+            x = bundle.preprocess(images_, bundle.device)
+            handle = layer.register_forward_hook(lambda _m, _i, o: store.__setitem__("a", o))
+            try:
+                logits = bundle.model(x)
+            finally:
+                handle.remove()
+            top = logits.topk(topk, dim=1).indices
+            for k in range(topk):
+                torch.autograd.grad(logits.gather(1, top[:, k : k + 1]).sum(), store["a"], retain_graph=True)
+            count += len(images_)
+        return count
+
+    start = time.perf_counter()
+    counted = floor()
+    floor_s = time.perf_counter() - start
+    summaries = sorted((workdir / "runs").glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
+    loop_s = json.loads(summaries[-1].read_text())["metrics"].get("run/seconds") if summaries else None
+    return {
+        "images": counted,
+        "run": run,
+        "run_loop_s": loop_s,
+        "floor_s": floor_s,
+        "threads": torch.get_num_threads(),
+        "env_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def format_fixed_costs(costs: dict[str, Any]) -> str:
+    run = costs["run_1_image"]
+    torch_cpu = costs["import_torch"]["cpu_s"]
+    help_ = costs["help"]
+    lines = [
+        f"start-up: `evalcam --help` {help_['wall_s']:.2f} s wall / {help_['cpu_s']:.2f} s CPU; "
+        f"`import torch` {torch_cpu:.2f} s CPU",
+        f"one-image run with MLflow logging: {run['wall_s']:.1f} s wall / {run['cpu_s']:.1f} s CPU "
+        f"= {run['cpu_s'] - torch_cpu:.1f} s CPU beyond importing torch"
+        + (f" (its batch loop: {costs['run_loop_s']:.2f} s)" if costs.get("run_loop_s") is not None else ""),
+    ]
+    if run["returncode"]:
+        lines.append(f"  the run failed: {run['last_line']}")
+    if "log_again" in costs:
+        again = costs["log_again"]
+        lines.append(
+            f"`evalcam log` of that run again: {again['wall_s']:.1f} s wall / {again['cpu_s']:.1f} s CPU"
+        )
+    return "\n".join(lines)
+
+
+def format_end_to_end(result: dict[str, Any]) -> str:
+    run, n = result["run"], result["images"]
+    if run["returncode"]:
+        return f"end to end: the run failed: {run['last_line']}"
+    floor_rate = n / result["floor_s"]
+    lines = [
+        f"end to end ({n} images, decode to MLflow): {n / run['wall_s']:.2f} images/s wall "
+        f"({run['wall_s']:.1f} s); decode + forward + top-k gradient floor {floor_rate:.2f} images/s "
+        f"-> whole run / floor {n / run['wall_s'] / floor_rate:.2f}x"
+    ]
+    if result.get("run_loop_s"):
+        loop_rate = n / result["run_loop_s"]
+        lines.append(
+            f"  batch loop alone: {loop_rate:.2f} images/s -> loop / floor {loop_rate / floor_rate:.2f}x"
+        )
+    return "\n".join(lines)
