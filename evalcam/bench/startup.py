@@ -130,14 +130,17 @@ def format_fixed_costs(costs: dict[str, Any]) -> str:
     lines = [
         f"start-up: `evalcam --help` {help_['wall_s']:.2f} s wall / {help_['cpu_s']:.2f} s CPU; "
         f"`import torch` {torch_cpu:.2f} s CPU",
-        f"one-image run (method=center) logged to an existing MLflow store: {run['wall_s']:.1f} s wall / {run['cpu_s']:.1f} s CPU "
+        "one-image run (method=center) logged to an existing MLflow store: "
+        f"{run['wall_s']:.1f} s wall / {run['cpu_s']:.1f} s CPU "
         f"= {run['cpu_s'] - torch_cpu:.1f} s CPU beyond importing torch"
         + (f" (its batch loop: {costs['run_loop_s']:.2f} s)" if costs.get("run_loop_s") is not None else ""),
     ]
     first = costs.get("run_1_image_new_store")
     if first:
-        lines.append(f"  the same into a new MLflow store (creates its tables): {first['wall_s']:.1f} s wall / "
-                     f"{first['cpu_s']:.1f} s CPU")  # fmt: skip
+        lines.append(
+            "  the same into a new MLflow store (creates its tables): "
+            f"{first['wall_s']:.1f} s wall / {first['cpu_s']:.1f} s CPU"
+        )
     for what in (run, first or {}):
         if what.get("returncode"):
             lines.append(f"  a run failed: {what['last_line']}")
