@@ -9,6 +9,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from evalcam.methods.attention import AttentionRollout, TransformerAttribution
 from evalcam.methods.base import (
     CAMExplainer,
     Explainer,
@@ -60,6 +61,12 @@ METHODS: dict[str, tuple[type[Explainer], str, str]] = {
     "backprop": (Backprop, "input-gradient", "Simonyan et al. 2014, gradient saliency (Backprop)"),
     "guided_backprop": (GuidedBackprop, "input-gradient", "Springenberg et al. 2015, Guided Backpropagation"),
     "guided_gradcam": (GuidedGradCAM, "input-gradient", "Selvaraju et al. 2017, Guided Grad-CAM"),
+    "attention_rollout": (AttentionRollout, "attention", "Abnar & Zuidema 2020, attention rollout"),
+    "transformer_attribution": (
+        TransformerAttribution,
+        "attention",
+        "Chefer et al. 2021, transformer attribution (gradient x attention rollout)",
+    ),
     "center": (CenterBaseline, "baseline", "centre-bias baseline"),
     "random": (RandomBaseline, "baseline", "random-map baseline"),
 }
@@ -89,6 +96,7 @@ def build_explainer(name: str, bundle: ModelBundle, **params: Any) -> Explainer:
         from evalcam.methods.external import PytorchGradCAM
 
         layer = params.pop("target_layer", None) or bundle.target_layer
+        params.setdefault("reshape", bundle.reshape)
         return PytorchGradCAM(bundle.model, layer, name[4:], **params)
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}, pgc/<ClassName>")
@@ -103,6 +111,8 @@ def build_explainer(name: str, bundle: ModelBundle, **params: Any) -> Explainer:
         params["classifier"] = bundle.classifier
     if "target_layer" in accepted or issubclass(cls, CAMExplainer):
         params["target_layer"] = params.get("target_layer") or bundle.target_layer
+    if "reshape" in accepted and "reshape" not in params:
+        params["reshape"] = bundle.reshape  # token layout of transformers (ViT, Swin)
     return cls(bundle.model, **params)
 
 
