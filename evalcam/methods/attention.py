@@ -179,7 +179,13 @@ def gradient_rollout(attentions: list[torch.Tensor], gradients: list[torch.Tenso
     return result
 
 
-class AttentionRollout(Explainer):
+class _AttentionExplainer(Explainer):
+    @classmethod
+    def applies_to(cls, model: nn.Module) -> bool:
+        return bool(attention_modules(model))
+
+
+class AttentionRollout(_AttentionExplainer):
     """Abnar & Zuidema 2020 attention rollout (see module doc); one forward pass, no gradients."""
 
     name = "attention_rollout"
@@ -204,7 +210,7 @@ class AttentionRollout(Explainer):
         return Explanation(maps=stacked, logits=logits.float(), classes=classes)
 
 
-class TransformerAttribution(Explainer):
+class TransformerAttribution(_AttentionExplainer):
     """Chefer et al. CVPR 2021 gradient-weighted attention rollout (see module doc); one forward pass and
     one ``autograd.grad`` per target column, taken with respect to the attention probabilities only."""
 
