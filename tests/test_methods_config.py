@@ -42,7 +42,9 @@ def _toy_vit() -> ModelBundle:
     from evalcam.models.deit import deit
 
     with pytest.warns(UserWarning, match="randomly initialised"):
-        return deit(image_size=8, patch_size=2, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=3)
+        return deit(
+            image_size=8, patch_size=2, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=3
+        )
 
 
 def _configs() -> dict[str, dict]:

@@ -27,9 +27,15 @@ def toy_vit(seed: int = 0, classes: int = 5) -> ModelBundle:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return deit(
-            image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
-            num_classes=classes, seed=seed,
-        )  # fmt: skip
+            image_size=32,
+            patch_size=8,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=16,
+            mlp_dim=32,
+            num_classes=classes,
+            seed=seed,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +80,9 @@ def block_inputs(model: ToyTransformer, images: torch.Tensor) -> list[np.ndarray
     """The normalised tokens each attention module receives, [B, T, C] float64."""
     seen: list[np.ndarray] = []
     handles = [
-        a.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().permute(1, 0, 2).double().numpy()))
+        a.register_forward_pre_hook(
+            lambda _m, args: seen.append(args[0].detach().permute(1, 0, 2).double().numpy())
+        )
         for a in model.attns
     ]
     try:
@@ -96,13 +104,17 @@ def numpy_attention(mha: nn.MultiheadAttention, x: np.ndarray) -> np.ndarray:
     k = x @ w[e : 2 * e].T + b[e : 2 * e]
     out = np.zeros((x.shape[0], h, x.shape[1], x.shape[1]))
     for head in range(h):
-        s = q[..., head * d : (head + 1) * d] @ np.swapaxes(k[..., head * d : (head + 1) * d], 1, 2) / math.sqrt(d)
+        s = (
+            q[..., head * d : (head + 1) * d]
+            @ np.swapaxes(k[..., head * d : (head + 1) * d], 1, 2)
+            / math.sqrt(d)
+        )
         s = np.exp(s - s.max(-1, keepdims=True))
         out[:, head] = s / s.sum(-1, keepdims=True)
     return out
 
 
-# --- reading the attention -----------------------------------------------------------------------------
+# --- reading the attention -------------------------------------------------------------------
 
 
 def test_recorded_attention_is_softmax_qk_and_leaves_the_output_unchanged(images):
@@ -134,14 +146,16 @@ def test_torchvision_vit_keeps_its_output_under_the_hooks(vit, images):
     assert count_hooks(vit.model) == 0
 
 
-# --- attention rollout by hand -------------------------------------------------------------------------
+# --- attention rollout by hand ---------------------------------------------------------------
 
 
 def test_rollout_equals_the_papers_formula_by_hand(images):
     model = toy_transformer()
     bundle = ModelBundle(model=model, name="toy", target_layer="norms.1", preprocess=Preprocess((16, 16)))
     ours = build_explainer("attention_rollout", bundle)(images, torch.tensor([0, 1, 2]))
-    attentions = [numpy_attention(a, x) for a, x in zip(model.attns, block_inputs(model, images), strict=True)]
+    attentions = [
+        numpy_attention(a, x) for a, x in zip(model.attns, block_inputs(model, images), strict=True)
+    ]
     for i in range(3):
         joint = np.eye(17)
         for a in attentions:  # Abnar & Zuidema: A~ = 0.5 W_att + 0.5 I, re-normalised, multiplied upwards
@@ -150,13 +164,17 @@ def test_rollout_equals_the_papers_formula_by_hand(images):
             joint = step @ joint
         np.testing.assert_allclose(ours[i].double().numpy(), joint[0, 1:].reshape(4, 4), rtol=1e-4, atol=1e-7)
     # class-agnostic: another target, same map; max fusion differs from mean
-    torch.testing.assert_close(build_explainer("attention_rollout", bundle)(images, torch.tensor([3, 3, 3])), ours)
-    fused_max = build_explainer("attention_rollout", bundle, head_fusion="max")(images, torch.tensor([0, 1, 2]))
+    torch.testing.assert_close(
+        build_explainer("attention_rollout", bundle)(images, torch.tensor([3, 3, 3])), ours
+    )
+    fused_max = build_explainer("attention_rollout", bundle, head_fusion="max")(
+        images, torch.tensor([0, 1, 2])
+    )
     assert not torch.allclose(fused_max, ours)
     assert count_hooks(model) == 0
 
 
-# --- Chefer et al. transformer attribution ---------------------------------------------------------------
+# --- Chefer et al. transformer attribution -----------------------------------------------------
 
 
 def direct_chefer(model: ToyTransformer, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -168,7 +186,10 @@ def direct_chefer(model: ToyTransformer, images: torch.Tensor, classes: torch.Te
     for i in range(2):
         mha = model.attns[i]
         h = F.layer_norm(t, (8,), p[f"norms.{i}.weight"], p[f"norms.{i}.bias"])
-        q, k, v = (F.linear(h, w, b) for w, b in zip(mha.in_proj_weight.chunk(3), mha.in_proj_bias.chunk(3), strict=True))
+        q, k, v = (
+            F.linear(h, w, b)
+            for w, b in zip(mha.in_proj_weight.chunk(3), mha.in_proj_bias.chunk(3), strict=True)
+        )
         q, k, v = (z.reshape(z.shape[0], z.shape[1], 2, 4).transpose(1, 2) for z in (q, k, v))
         a = torch.softmax(q @ k.transpose(2, 3) / 2.0, -1)
         attentions.append(a)
@@ -191,7 +212,9 @@ def test_transformer_attribution_equals_eq13_14_written_out(images):
     classes = torch.tensor([[0, 3], [1, 1], [2, 0]])
     ours = explainer.explain(images, classes).maps
     for k in range(2):
-        torch.testing.assert_close(ours[:, k], direct_chefer(model, images, classes[:, k]), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            ours[:, k], direct_chefer(model, images, classes[:, k]), rtol=1e-4, atol=1e-6
+        )
     # class-sensitive, unlike rollout
     assert not torch.allclose(ours[0, 0], ours[0, 1])
     assert count_hooks(model) == 0 and all(p.grad is None for p in model.parameters())
@@ -231,7 +254,7 @@ def test_one_block_gradient_is_the_closed_form(images):
         torch.testing.assert_close(ours[i], row[1:].reshape(4, 4), rtol=1e-4, atol=1e-6)
 
 
-# --- CAMs on token layers ---------------------------------------------------------------------------------
+# --- CAMs on token layers -----------------------------------------------------------------------
 
 
 def test_gradcam_on_vit_tokens_drops_the_class_token_by_hand(vit, images):
@@ -270,7 +293,9 @@ def test_swin_stage_outputs_are_spatial_and_gradcam_reads_them_channels_last(ima
     changed = (after - before).abs().amax(dim=(0, 3)) > 1e-6
     assert changed.shape == (8, 8) and changed[:2, :2].all() and changed.sum() == 4
     layer = "features.3.1.norm1"  # last stage, last block: [B, 4, 4, 16] after the shifted block before it
-    bundle = ModelBundle(model=swin, name="swin", target_layer=layer, preprocess=Preprocess((32, 32)), reshape="nhwc")
+    bundle = ModelBundle(
+        model=swin, name="swin", target_layer=layer, preprocess=Preprocess((32, 32)), reshape="nhwc"
+    )
     classes = torch.tensor([1, 2, 3])
     ours = build_explainer("gradcam", bundle)(images, classes)
     with capture_activations(swin, [layer]) as store:
@@ -285,7 +310,9 @@ def test_attention_methods_refuse_cnns_and_swin_in_one_line():
     cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     bundle = ModelBundle(model=cnn, name="cnn", target_layer="1", preprocess=Preprocess((8, 8)))
     for name in ("attention_rollout", "transformer_attribution"):
-        with pytest.raises(ValueError, match=rf"^{name} needs a transformer .* Sequential has none .* use gradcam") as err:
+        with pytest.raises(
+            ValueError, match=rf"^{name} needs a transformer .* Sequential has none .* use gradcam"
+        ) as err:
             build_explainer(name, bundle)
         assert "\n" not in str(err.value)
         assert not METHODS[name][0].applies_to(cnn)
@@ -299,7 +326,7 @@ def test_reshape_mismatch_and_missing_class_token_are_clear(vit, images):
     assert maps.shape == (3, 4, 4)
 
 
-# --- every method on the toy ViT: batch independence, hook clean-up -----------------------------------------
+# --- every method on the toy ViT: batch independence, hook clean-up -------------------------------
 
 VIT_METHODS = sorted(n for n in METHODS if n not in ("cam", "center", "random"))  # CAM needs a GAP+FC head
 CHEAP = {"rise": {"num_masks": 32}}
@@ -324,12 +351,14 @@ def test_hooks_removed_when_the_forward_raises(vit, images, name):
     assert count_hooks(vit.model) == 0
 
 
-# --- loaders ------------------------------------------------------------------------------------------------------
+# --- loaders --------------------------------------------------------------------------------------------
 
 
 def test_torchvision_transformers_name_their_missing_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(WeightsNotFoundError, match=r"vit_b_16 weights not found: expected .*vit_b_16-c867db91\.pth"):
+    with pytest.raises(
+        WeightsNotFoundError, match=r"vit_b_16 weights not found: expected .*vit_b_16-c867db91\.pth"
+    ):
         load_model("vit_b_16")
     with pytest.raises(WeightsNotFoundError, match=r"swin_t-704ceda3\.pth .*model.weights=PATH"):
         load_model("swin_t")
@@ -342,16 +371,34 @@ def test_deit_reads_the_authors_layout(tmp_path, images):
     renamed = {}
     for key, value in source.model.state_dict().items():
         key = key.replace("class_token", "cls_token").replace("encoder.pos_embedding", "pos_embed")
-        key = key.replace("conv_proj.", "patch_embed.proj.").replace("encoder.ln.", "norm.").replace("heads.head.", "head.")
-        key = key.replace("encoder.layers.encoder_layer_", "blocks.").replace(".ln_1.", ".norm1.").replace(".ln_2.", ".norm2.")
-        key = key.replace(".self_attention.in_proj_", ".attn.qkv.").replace(".self_attention.out_proj.", ".attn.proj.")
+        key = (
+            key.replace("conv_proj.", "patch_embed.proj.")
+            .replace("encoder.ln.", "norm.")
+            .replace("heads.head.", "head.")
+        )
+        key = (
+            key.replace("encoder.layers.encoder_layer_", "blocks.")
+            .replace(".ln_1.", ".norm1.")
+            .replace(".ln_2.", ".norm2.")
+        )
+        key = key.replace(".self_attention.in_proj_", ".attn.qkv.").replace(
+            ".self_attention.out_proj.", ".attn.proj."
+        )
         key = key.replace(".mlp.0.", ".mlp.fc1.").replace(".mlp.3.", ".mlp.fc2.")
         renamed[key] = value
     assert "blocks.1.attn.qkv.weight" in renamed
     torch.save({"model": renamed}, tmp_path / "deit.pth")
-    loaded = deit(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
-                  num_classes=5, weights=str(tmp_path / "deit.pth"))  # fmt: skip
+    loaded = deit(
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        mlp_dim=32,
+        num_classes=5,
+        weights=str(tmp_path / "deit.pth"),
+    )
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(images), source.model(images))
-    with pytest.raises(FileNotFoundError, match="DeiT weights not found: expected .*nope.pth"):
+    with pytest.raises(FileNotFoundError, match=r"DeiT weights not found: expected .*nope\.pth"):
         deit(weights=str(tmp_path / "nope.pth"))

@@ -77,7 +77,9 @@ def _explicit_attention(
     if call["key_padding_mask"] is not None or call["attn_mask"] is not None or call["is_causal"]:
         raise ValueError("attention maps with attn_mask/key_padding_mask/is_causal are not supported")
     if module.bias_k is not None or module.add_zero_attn:
-        raise ValueError("attention maps of nn.MultiheadAttention with add_bias_kv/add_zero_attn are not supported")
+        raise ValueError(
+            "attention maps of nn.MultiheadAttention with add_bias_kv/add_zero_attn are not supported"
+        )
     query, key, value = call["query"], call["key"], call["value"]
     batched = query.ndim == 3
     if not batched:
