@@ -402,3 +402,15 @@ def test_deit_reads_the_authors_layout(tmp_path, images):
         torch.testing.assert_close(loaded.model(images), source.model(images))
     with pytest.raises(FileNotFoundError, match=r"DeiT weights not found: expected .*nope\.pth"):
         deit(weights=str(tmp_path / "nope.pth"))
+
+
+def test_pytorch_grad_cam_gets_the_bundles_token_layout(vit, images):
+    pytest.importorskip("pytorch_grad_cam")
+    classes = torch.tensor([0, 1, 2])
+    theirs = build_explainer("pgc/GradCAM", vit)(images, classes)  # input resolution, per-image min-max
+    ours = F.interpolate(
+        build_explainer("gradcam", vit)(images, classes)[:, None], size=(32, 32), mode="bilinear"
+    )
+    for i in range(3):
+        assert torch.corrcoef(torch.stack([ours[i, 0].flatten(), theirs[i].flatten()]))[0, 1] >= 0.99
+    assert count_hooks(vit.model) == 0

@@ -91,3 +91,18 @@ def test_methods_on_a_toy_deit_through_the_runner_are_batch_size_free(tmp_path, 
     assert one["weak_loc/degenerate_maps"] == 0
     for key in ("weak_loc/top1_loc_error", "weak_loc/top5_loc_error", "deletion/auc"):
         assert one[key] == pytest.approx(two[key], abs=1e-6), key
+
+
+def test_cli_refuses_attention_rollout_on_a_cnn_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "evalcam", "run", "method=attention_rollout", "mlflow=false"]
+    cmd += [f"output_dir={tmp_path}", "progress=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "attention_rollout needs a transformer" in lines[0]
+    assert "EfficientNetLite has none" in lines[0] and "use gradcam" in lines[0]
