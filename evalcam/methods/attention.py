@@ -24,7 +24,8 @@ is ``[B, s, s]`` at the patch grid, like the CAM methods' maps at their layer.
   form: the LRP relevance ``R^(n_b)`` of the attention map is replaced by the attention map ``A^(b)``
   itself (the rule of Chefer et al.'s follow-up, ICCV 2021 "Generic Attention-model Explainability",
   Eq. 5-6, for self-attention). ``∇A^(b)`` is the gradient of the target's pre-softmax logit. The blocks
-  are aggregated as in Eq. 14 in the order of the authors' code (``compute_rollout_attention``):
+  are aggregated as in Eq. 14 in the order of the authors' code (``compute_rollout_attention`` of their
+  ``baselines/ViT/ViT_LRP.py``, identity added, rows *not* re-normalised):
   ``C = Ā^(B) ··· Ā^(1)``, which is also ICCV Eq. 6's update ``R <- R + E_h[(∇A ⊙ A)^+] R`` from
   ``R = I``. The map is row 0 of ``C`` over the patch tokens. The full LRP propagation of the CVPR paper
   is not implemented.
