@@ -414,3 +414,18 @@ def test_pytorch_grad_cam_gets_the_bundles_token_layout(vit, images):
     for i in range(3):
         assert torch.corrcoef(torch.stack([ours[i, 0].flatten(), theirs[i].flatten()]))[0, 1] >= 0.99
     assert count_hooks(vit.model) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["attention_rollout", "transformer_attribution", "gradcam"])
+def test_transformer_methods_on_cuda_match_the_cpu(images, name):
+    import dataclasses
+
+    cpu = toy_vit()
+    gpu = dataclasses.replace(cpu, model=toy_vit().model.cuda())
+    classes = torch.tensor([1, 2, 3])
+    reference = build_explainer(name, cpu)(images, classes)
+    on_gpu = build_explainer(name, gpu)(images.cuda(), classes.cuda())
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), reference, rtol=1e-3, atol=1e-5)
+    assert count_hooks(gpu.model) == 0
