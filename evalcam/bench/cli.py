@@ -116,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"unknown method(s) {unknown}; available: {', '.join(sorted(METHODS))}")
     else:
         names = [m for m, record in METHODS.items() if not (args.quick and record.expensive)]
+    # Methods that cannot run on this architecture (attention methods on a CNN) are not timed.
+    names = [m for m in names if METHODS[m].cls.applies_to(bundle.model)]
     skipped_expensive = [
         m for m, record in METHODS.items() if args.quick and not args.methods and record.expensive
     ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from evalcam.methods.attention import AttentionRollout, TransformerAttribution
 from evalcam.methods.base import (
     CAMExplainer,
     Explainer,
@@ -123,6 +124,15 @@ METHODS: dict[str, MethodRecord] = {
         "gradient",
         (("captum", "GuidedGradCam"),),
     ),
+    "attention_rollout": MethodRecord(
+        AttentionRollout, "attention", "Abnar & Zuidema 2020, attention rollout", "forward"
+    ),
+    "transformer_attribution": MethodRecord(
+        TransformerAttribution,
+        "attention",
+        "Chefer et al. 2021, transformer attribution (gradient x attention rollout)",
+        "gradient",
+    ),
     "center": MethodRecord(CenterBaseline, "baseline", "centre-bias baseline", "free"),
     "random": MethodRecord(RandomBaseline, "baseline", "random-map baseline", "free"),
 }
@@ -143,6 +153,7 @@ def build_explainer(name: str, bundle: ModelBundle, **params: Any) -> Explainer:
         from evalcam.methods.external import PytorchGradCAM
 
         layer = params.pop("target_layer", None) or bundle.target_layer
+        params.setdefault("reshape", bundle.reshape)
         return PytorchGradCAM(bundle.model, layer, name[4:], **params)
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}, pgc/<ClassName>")
@@ -157,6 +168,8 @@ def build_explainer(name: str, bundle: ModelBundle, **params: Any) -> Explainer:
         params["classifier"] = bundle.classifier
     if "target_layer" in accepted or issubclass(cls, CAMExplainer):
         params["target_layer"] = params.get("target_layer") or bundle.target_layer
+    if "reshape" in accepted and "reshape" not in params:
+        params["reshape"] = bundle.reshape  # token layout of transformers (ViT, Swin)
     return cls(bundle.model, **params)
 
 

@@ -144,6 +144,12 @@ class Explainer:
         """Undo an enclosing autocast (SVD and eps-guarded divisions are not safe in half precision)."""
         return torch.autocast(device_type=self.device.type, enabled=False)
 
+    @classmethod
+    def applies_to(cls, model: nn.Module) -> bool:
+        """Whether the method can run on ``model`` at all (attention methods need attention layers);
+        sweeps over every method (benchmarks, tests) skip the ones that cannot."""
+        return True
+
     def explain(self, images: torch.Tensor, targets: Targets) -> Explanation:
         raise NotImplementedError
 

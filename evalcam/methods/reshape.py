@@ -19,7 +19,10 @@ def tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
     """``[B, prefix + s*s, C] -> [B, C, s, s]`` with ``s = floor(sqrt(T))``: the leading tokens that do not
     fit the square grid (class/distillation tokens) are dropped."""
     if tokens.ndim != 3:
-        raise ValueError(f"expected tokens [B, T, C], got shape {tuple(tokens.shape)}")
+        raise ValueError(
+            f"reshape=vit expects tokens [B, T, C] but the target layer gave shape {tuple(tokens.shape)}; "
+            f"pick a token layer or set +method.params.reshape=none"
+        )
     side = math.isqrt(tokens.shape[1])
     prefix = tokens.shape[1] - side * side
     grid = tokens[:, prefix:, :].reshape(tokens.shape[0], side, side, tokens.shape[2])
@@ -28,6 +31,11 @@ def tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
 
 def channels_last_to_first(features: torch.Tensor) -> torch.Tensor:
     """``[B, h, w, C] -> [B, C, h, w]`` (Swin-style feature maps)."""
+    if features.ndim != 4:
+        raise ValueError(
+            f"reshape=nhwc expects [B, h, w, C] but the target layer gave shape {tuple(features.shape)}; "
+            f"pick a Swin stage/block layer or set +method.params.reshape=none"
+        )
     return features.permute(0, 3, 1, 2)
 
 
@@ -38,7 +46,10 @@ RESHAPES: dict[str, Reshape] = {
 }
 
 
-def get_reshape(name: str) -> Reshape:
+def get_reshape(name: str) -> Reshape | None:
+    """The reshape called ``name``; ``"none"`` for a layer that already outputs ``[B, C, h, w]``."""
+    if name.lower() in ("none", "null", ""):
+        return None
     if name not in RESHAPES:
         raise ValueError(f"unknown reshape {name!r}; available: {', '.join(sorted(RESHAPES))}")
     return RESHAPES[name]

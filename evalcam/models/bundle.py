@@ -44,6 +44,9 @@ class ModelBundle:
     weights: str = ""
     # Name of the final linear classifier, for CAM (which needs a GAP + FC head).
     classifier: str | None = None
+    # How CAM methods read the target layer's output when it is not [B, C, h, w]: a name in
+    # evalcam.methods.reshape.RESHAPES ("vit" tokens, "nhwc" Swin maps); None for CNNs.
+    reshape: str | None = None
 
     @property
     def device(self) -> torch.device:

@@ -12,6 +12,14 @@ Default target layers follow the papers:
 - ResNet18/50 ``layer4``, GoogLeNet ``inception5b``: the last conv block before global average pooling,
   the layer CAM is defined on (Zhou et al., CVPR 2016);
 - MobileNet / EfficientNet: the last block of ``features`` (the 1x1 conv + BN + activation before pooling).
+- ViT-B/16 ``encoder.layers.encoder_layer_11.ln_1`` and Swin-T ``features.7.1.norm1``: the first LayerNorm
+  of the last transformer block, the layer pytorch-grad-cam's ViT and Swin tutorials explain
+  (``model.blocks[-1].norm1`` / ``model.layers[-1].blocks[-1].norm1`` in timm). The last block's *output*
+  would not do for ViT: the head reads only the class token, so the patch tokens there get no gradient;
+  before the last attention they reach the class token. The bundle's ``reshape`` turns ViT's tokens
+  ``[B, 1 + 14*14, C]`` into ``[B, C, 14, 14]`` (class token dropped) and Swin's ``[B, 7, 7, C]`` into
+  ``[B, C, 7, 7]``; torchvision's Swin merges its shifted windows back into that spatial layout inside
+  each attention module, so the block outputs need no window reversal (see :mod:`evalcam.methods.reshape`).
 
 Inputs are squashed to the weights' crop size (224 for most; 240-600 for EfficientNet-B1..B7) and
 normalised with the weights' mean/std.
@@ -33,7 +41,20 @@ log = logging.getLogger(__name__)
 
 EFFICIENTNETS = tuple(f"efficientnet_b{i}" for i in range(8))
 MOBILENETS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
-ARCHITECTURES = ("vgg16", "resnet18", "resnet50", "alexnet", "googlenet", *EFFICIENTNETS, *MOBILENETS)
+TRANSFORMERS = ("vit_b_16", "swin_t")
+ARCHITECTURES = (
+    "vgg16",
+    "resnet18",
+    "resnet50",
+    "alexnet",
+    "googlenet",
+    *EFFICIENTNETS,
+    *MOBILENETS,
+    *TRANSFORMERS,
+)
+
+# How the CAM methods read each transformer's token layers (:data:`evalcam.methods.reshape.RESHAPES`).
+TOKEN_LAYOUTS = {"vit_b_16": "vit", "swin_t": "nhwc"}
 
 # Names of the linear layer right after global average pooling (+ dropout), for CAM. VGG/AlexNet have
 # fully connected layers on flattened maps and MobileNetV3 a two-layer head, so CAM does not apply there.
@@ -63,6 +84,8 @@ FIXED_LAYERS = {
     "resnet18": "layer4",
     "resnet50": "layer4",
     "googlenet": "inception5b",
+    "vit_b_16": "encoder.layers.encoder_layer_11.ln_1",
+    "swin_t": "features.7.1.norm1",
 }
 
 
@@ -122,9 +145,12 @@ def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> 
         raise ValueError(f"{what}: keys {'; '.join(problems)}")
 
 
-def _architecture(arch: str, num_classes: int, transform_input: bool) -> nn.Module:
+def _architecture(arch: str, num_classes: int, transform_input: bool, image_size: int = 224) -> nn.Module:
     from torchvision.models import get_model
 
+    if arch == "vit_b_16":
+        # The position embeddings fix ViT's input size (384 for the SWAG_E2E weights).
+        return get_model(arch, weights=None, num_classes=num_classes, image_size=image_size)
     if arch == "googlenet":
         # torchvision's ImageNet GoogLeNet was trained on (x - 0.5) / 0.5 inputs; transform_input converts
         # ImageNet-normalised inputs into that. The auxiliary heads are for training only.
@@ -137,6 +163,13 @@ def _architecture(arch: str, num_classes: int, transform_input: bool) -> nn.Modu
             init_weights=False,
         )
     return get_model(arch, weights=None, num_classes=num_classes)
+
+
+def unzero_vit_head(model: nn.Module) -> None:
+    """torchvision zero-initialises ViT's classification head, so every gradient of a randomly initialised
+    ViT is 0 and every gradient method gives an empty map; draw it like DeiT/timm (normal, std 0.02)."""
+    head = model.heads.head  # type: ignore[union-attr]
+    nn.init.trunc_normal_(head.weight, std=0.02)
 
 
 def load_torchvision(
@@ -160,9 +193,14 @@ def load_torchvision(
     spec = str(weights) if weights is not None else "IMAGENET1K_V1"
     tag = spec if _is_tag(spec) else "IMAGENET1K_V1"
     meta = weights_enum(arch, tag)
+    transform = meta.transforms()
+    crop = size if size is not None else transform.crop_size[0]
+    crop_hw = tuple(crop) if isinstance(crop, list | tuple) else (int(crop), int(crop))
     if spec == "random":
-        model = _architecture(arch, num_classes, transform_input)
+        model = _architecture(arch, num_classes, transform_input, crop_hw[0])
         warnings.warn(f"{arch}: weights=random, the model is randomly initialised", stacklevel=2)
+        if arch == "vit_b_16":
+            unzero_vit_head(model)
         source = "random"
     else:
         path = hub_checkpoint(arch, tag) if _is_tag(spec) else Path(spec).expanduser()
@@ -182,7 +220,7 @@ def load_torchvision(
         # Built on the meta device and filled from the file: random initialisation of 100M+ parameters
         # (VGG16) would take seconds only to be overwritten.
         with torch.device("meta"):
-            model = _architecture(arch, num_classes, transform_input)
+            model = _architecture(arch, num_classes, transform_input, crop_hw[0])
         _check_fits(model, state, f"{path} does not fit torchvision {arch} (num_classes={num_classes})")
         model.load_state_dict(state, assign=True)
         leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
@@ -194,9 +232,6 @@ def load_torchvision(
     for module in model.modules():
         if hasattr(module, "inplace"):
             module.inplace = False
-    transform = meta.transforms()
-    crop = size if size is not None else transform.crop_size[0]
-    crop_hw = tuple(crop) if isinstance(crop, list | tuple) else (int(crop), int(crop))
     preprocess = Preprocess(
         size=crop_hw,  # type: ignore[arg-type]
         mean=tuple(mean or transform.mean),
@@ -215,6 +250,7 @@ def load_torchvision(
         categories=categories,
         weights=source,
         classifier=CLASSIFIERS.get(arch),
+        reshape=TOKEN_LAYOUTS.get(arch),
     )
 
 
