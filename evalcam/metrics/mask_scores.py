@@ -55,7 +55,8 @@ def entropy(a: torch.Tensor) -> torch.Tensor:
 
 def effective_count(a: torch.Tensor, eps: float) -> torch.Tensor:
     """Number of features with ``|a| / max|a| > eps`` per row (Nguyen & Martinez 2020, "effective
-    complexity"; Quantus normalises by the maximum absolute value before thresholding)."""
+    complexity"), the maximum taken per map. Quantus 0.6 normalises by the maximum of the whole batch, so
+    its count of an image depends on the other images (equal one image at a time)."""
     x = _rows(a).abs()
     return (x / x.amax(-1, keepdim=True) > eps).sum(-1).double()
 
