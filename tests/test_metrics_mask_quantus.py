@@ -135,7 +135,9 @@ def test_pinned_differences_from_quantus(coco_pairs):
     n, h, w = maps.shape
     ours = ms.attribution_localisation(maps, masks, weighted=True).numpy()
     theirs = _quantus(
-        quantus.AttributionLocalisation(abs=False, positive_attributions=True, weighted=True, **q), maps, masks
+        quantus.AttributionLocalisation(abs=False, positive_attributions=True, weighted=True, **q),
+        maps,
+        masks,
     )
     mu = ms.attribution_localisation(maps, masks).numpy()
     inside = masks.reshape(n, -1).sum(-1).numpy()
@@ -168,7 +170,9 @@ class _Constant(torch.nn.Module):
 def test_focus_quadrant_share_matches_quantus(coco_pairs):
     maps, _ = coco_pairs
     n = maps.shape[0]
-    flags = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 0, 1], [0, 1, 1, 0]])[:n]
+    flags = torch.tensor(
+        [[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 0, 1], [0, 1, 1, 0]]
+    )[:n]
     x = np.zeros((n, 3, *maps.shape[-2:]), dtype=np.float32)
     theirs = quantus.Focus(disable_warnings=True)(
         model=_Constant(),

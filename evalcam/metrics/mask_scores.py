@@ -76,7 +76,8 @@ def relevance_mass(a: torch.Tensor, s: torch.Tensor, positive: bool = True) -> t
 
 def ranked_hits(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Mask membership ``[N, n]`` of the pixels in order of decreasing relevance (ties: raster order)."""
-    order = _rows(a).sort(dim=-1, descending=True, stable=True).indices
+    # The order is the same in the map's own dtype, and sorting float32 is faster than float64.
+    order = a.reshape(a.shape[0], -1).sort(dim=-1, descending=True, stable=True).indices
     return s.reshape(s.shape[0], -1).bool().gather(-1, order)
 
 
