@@ -184,3 +184,14 @@ def test_focus_quadrant_share_matches_quantus(coco_pairs):
     ours = ms.quadrant_share(maps, flags).numpy()
     np.testing.assert_allclose(ours, np.asarray(theirs), atol=1e-7)
     assert np.ptp(ours) > 0.01
+
+
+def test_bench_rows_time_every_metric_against_its_quantus_peer():
+    from evalcam.bench_maskloc import PAIRS, bench_rows, format_rows
+
+    rows = bench_rows(batch=2, size=32, repeats=1)
+    assert [r["metric"] for r in rows] == list(PAIRS)
+    assert all(
+        r["evalcam_s"] > 0 and r["peer_s"] > 0 and r["ratio"] == r["peer_s"] / r["evalcam_s"] for r in rows
+    )
+    assert format_rows(rows)[0].startswith("sparseness                 vs quantus.Sparseness")
