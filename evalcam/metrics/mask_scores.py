@@ -138,14 +138,14 @@ def roc_auc(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     ``AUC`` computes with ``sklearn.metrics.roc_curve`` + ``auc``). The trapezoidal area of the ROC curve
     with one point per distinct value equals the Mann-Whitney statistic with ties counted one half:
     ``P(a_mask > a_background) + P(a_mask == a_background) / 2`` over all (mask, background) pixel pairs,
-    counted by binary search of the mask values in the sorted background values. Rows need both mask and
-    background pixels."""
+    counted by binary search of the sorted mask values in the sorted background values. Rows need both
+    mask and background pixels."""
     x = a.reshape(a.shape[0], -1)
     m = s.reshape(s.shape[0], -1).bool()
     out = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for i in range(x.shape[0]):  # mask sizes differ per row
         background = sorted_values(x[i][~m[i]])
-        inside = x[i][m[i]]
+        inside = sorted_values(x[i][m[i]])  # sorted queries keep the binary searches cache-friendly
         below = torch.searchsorted(background, inside, right=False)
         below_or_tied = torch.searchsorted(background, inside, right=True)
         pairs = float(inside.numel()) * float(background.numel())
