@@ -49,20 +49,29 @@ def _inputs(batch: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
     return coarse.clamp_min(0), masks
 
 
-def _best(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
+def _best(fn: Callable[[], Any], repeats: int, device: torch.device | None = None) -> float:
+    def call() -> None:
+        fn()
+        if device is not None and device.type == "cuda":  # kernels run asynchronously: time them to the end
+            torch.cuda.synchronize(device)
+
+    call()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        call()
         times.append(time.perf_counter() - start)
     return min(times)
 
 
-def bench_rows(batch: int = 8, size: int = 224, repeats: int = 3, seed: int = 0) -> list[dict[str, Any]]:
-    """One row per metric: seconds per batch on each side and ``ratio`` = Quantus / evalcam."""
+def bench_rows(
+    batch: int = 8, size: int = 224, repeats: int = 3, seed: int = 0, device: str = "cpu"
+) -> list[dict[str, Any]]:
+    """One row per metric: seconds per batch on each side and ``ratio`` = Quantus / evalcam. ``device``
+    is evalcam's (maps and states); Quantus always runs on NumPy."""
     import quantus
 
+    dev = torch.device(device)
     if not hasattr(np, "trapz"):  # quantus 0.6 calls np.trapz, removed in NumPy 2.4
         np.trapz = np.trapezoid  # type: ignore[attr-defined]
     coarse, masks = _inputs(batch, size, seed)
@@ -75,11 +84,11 @@ def bench_rows(batch: int = 8, size: int = 224, repeats: int = 3, seed: int = 0)
         inputs=torch.zeros(batch, 3, size, size),
         logits=torch.zeros(batch, 1000),
         pred_classes=torch.zeros(batch, 1, dtype=torch.long),
-        pred_maps=coarse[:, None],
+        pred_maps=coarse[:, None].to(dev),
         explainer=None,  # type: ignore[arg-type]
         bundle=None,  # type: ignore[arg-type]
         gt_classes=torch.zeros(batch, 1, dtype=torch.long),
-        gt_maps=coarse[:, None],
+        gt_maps=coarse[:, None].to(dev),
     )
     full = F.interpolate(coarse[:, None], size=(size, size), mode="bilinear", align_corners=False)
     a_batch = full.numpy().astype(np.float64)
@@ -96,7 +105,7 @@ def bench_rows(batch: int = 8, size: int = 224, repeats: int = 3, seed: int = 0)
     for name, (peer, kwargs) in PAIRS.items():
         metric = getattr(quantus, peer)(disable_warnings=True, **kwargs)
         if name == "focus":
-            ours = _best(lambda: quadrant_share(full[:, 0], flags), repeats)
+            ours = _best(lambda m=full[:, 0].to(dev), f=flags.to(dev): quadrant_share(m, f), repeats, dev)
             theirs = _best(
                 lambda m=metric: m(
                     model=_Model(),
@@ -109,8 +118,8 @@ def bench_rows(batch: int = 8, size: int = 224, repeats: int = 3, seed: int = 0)
                 repeats,
             )
         else:
-            accumulator = METRICS[name]()
-            ours = _best(lambda acc=accumulator: acc.update(eval_batch), repeats)
+            accumulator = METRICS[name](device=dev)
+            ours = _best(lambda acc=accumulator: acc.update(eval_batch), repeats, dev)
             theirs = _best(
                 lambda m=metric: m(
                     model=None,
@@ -132,6 +141,7 @@ def bench_rows(batch: int = 8, size: int = 224, repeats: int = 3, seed: int = 0)
                 "forwards": 0,
                 "batch": batch,
                 "size": size,
+                "device": str(dev),
             }
         )
     return rows
@@ -141,6 +151,7 @@ def format_rows(rows: list[dict[str, Any]]) -> list[str]:
     """Lines for ``python -m evalcam bench``: ``<metric> vs <peer>: <ratio>x (...)``."""
     return [
         f"{r['metric']:<26} vs {r['peer']:<32} {r['ratio']:7.1f}x  (evalcam {r['evalcam_s'] * 1e3:8.2f} ms, "
-        f"Quantus {r['peer_s'] * 1e3:8.2f} ms per batch of {r['batch']} at {r['size']} px, 0 forwards each)"
+        f"Quantus {r['peer_s'] * 1e3:8.2f} ms per batch of {r['batch']} at {r['size']} px, evalcam on "
+        f"{r['device']}, 0 forwards each)"
         for r in rows
     ]
