@@ -308,3 +308,23 @@ def test_focus_on_real_images_gradcam_prefers_the_target_tiles(lite0):
     # A centred blob straddles all four tiles equally; Grad-CAM follows the target images.
     assert out["center"]["focus"] == pytest.approx(0.5, abs=0.02)
     assert out["gradcam"]["focus"] > 0.6
+
+
+def test_latec_experiment_dry_run_and_this_branchs_metrics_compose(capsys):
+    from pathlib import Path
+
+    from evalcam.cli import main
+    from evalcam.experiments import compose_many, load_experiment, sweep_overrides
+
+    folder = Path(__file__).resolve().parents[1] / "experiments"
+    main(["experiment", "latec_families", "--profile", "lite", "--dry-run", "--experiments-dir", str(folder)])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 7
+    assert all("focus" in line and "metrics.mask_auc.boxes_as_masks=true" in line for line in lines)
+    # The other families' metrics come from parallel branches; compose the lite runs with this branch's.
+    spec = load_experiment("latec_families", folder)
+    mine = "metrics=[" + ",".join(c.split("/")[0] for c in spec["columns"]) + "]"
+    runs = [[mine if o.startswith("metrics=[") else o for o in r] for r in sweep_overrides(spec, "lite")]
+    configs = compose_many(runs[:2])
+    assert configs[0]["metrics"]["relevance_mass"] == {"boxes_as_masks": True}
+    assert configs[0]["dataset"]["limit"] == 20 and configs[0]["batch_size"] == 10

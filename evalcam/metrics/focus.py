@@ -19,6 +19,9 @@ Inside evalcam's batch pipeline the mosaics are built from the images of the bat
   the map is upsampled to the mosaic and ``focus`` is the positive relevance in the target quadrants over
   the total (:func:`evalcam.metrics.mask_scores.quadrant_share`, the formula of Quantus ``Focus``).
 
+Quantus's ``Focus`` swapped height and width before its PR #357; Quantus 0.6 splits quadrants at
+``H // 2`` and ``W // 2`` as here (tests/test_metrics_mask_quantus.py checks it on non-square maps).
+
 Mosaics therefore depend on the batch's images (``batch_size`` and the dataset's order); the seed fixes
 everything else. A degenerate mosaic map (non-finite, constant or without positive relevance) scores 0.5,
 what a constant map gets, and is counted in ``focus/degenerate_maps``. Labels must be classes of the
