@@ -328,3 +328,38 @@ def test_latec_experiment_dry_run_and_this_branchs_metrics_compose(capsys):
     configs = compose_many(runs[:2])
     assert configs[0]["metrics"]["relevance_mass"] == {"boxes_as_masks": True}
     assert configs[0]["dataset"]["limit"] == 20 and configs[0]["batch_size"] == 10
+
+
+@pytest.mark.parametrize("bad", ["zeros", "constant", "nan", "negative"])
+def test_focus_counts_degenerate_mosaic_maps(bad):
+    from evalcam.methods.base import Explainer, Explanation
+
+    class GivenMaps(Explainer):
+        """Map ``i`` for mosaic ``i``, whatever the input (so a degenerate map stays degenerate)."""
+
+        def __init__(self, maps: torch.Tensor) -> None:
+            self.maps = maps
+
+        def explain(self, images, targets) -> Explanation:
+            n = images.shape[0]
+            return Explanation(maps=self.maps[:n, None], logits=torch.zeros(n, 10), classes=targets)
+
+    samples = [
+        Sample(image=torch.zeros(3, 8, 8, dtype=torch.uint8), image_id=f"i{k}", labels=[k]) for k in range(4)
+    ]
+    maps = torch.rand(4, 4, 4, generator=torch.Generator().manual_seed(0))
+    maps[0] = {
+        "zeros": torch.zeros(4, 4),
+        "constant": torch.full((4, 4), 0.3),
+        "nan": maps[0].masked_fill(maps[0] > 0.5, float("nan")),
+        "negative": -maps[0],
+    }[bad]
+    batch = _batch(samples, None, [[0]] * 4, inputs_size=(16, 16))
+    batch.explainer = GivenMaps(maps)
+    metric = Focus()
+    records = metric.update(batch)
+    out = metric.compute()
+    assert out["degenerate_maps"] == 1 and out["images"] == 4
+    assert records[0]["focus.focus"] == 0.5 and records[0]["focus.degenerate"] is True
+    assert not any(math.isnan(v) for v in out.values())
+    assert all(0 <= r["focus.focus"] <= 1 for r in records)
