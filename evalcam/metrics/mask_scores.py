@@ -42,7 +42,7 @@ def degenerate_rows(a: torch.Tensor) -> torch.Tensor:
 
 
 def gini(a: torch.Tensor) -> torch.Tensor:
-    """Gini index of ``|a|`` per row (Chalasani et al., ICML 2020, Eq. of "sparseness"; Hurley & Rickard
+    """Gini index of ``|a|`` per row (Chalasani et al., ICML 2020, "sparseness"; Hurley & Rickard
     2009): ``sum_k (2k - n - 1) |a|_(k) / (n sum |a|)`` over ascending order statistics. 0 for a uniform
     map, ``1 - 1/n`` for a single non-zero pixel. Quantus ``Sparseness`` adds 1e-7 to every value first,
     which moves the result by < 1e-6 on max-normalised maps."""
@@ -72,7 +72,7 @@ def effective_count(a: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def relevance_mass(a: torch.Tensor, s: torch.Tensor, positive: bool = True) -> torch.Tensor:
-    """Relevance mass accuracy (Arras et al., Information Fusion 2022, Eq. 5): relevance inside the mask
+    """Relevance mass accuracy (Arras et al., "CLEVR-XAI", Information Fusion 2022): relevance inside the mask
     over the total relevance. ``positive``: only positive relevance counts, as in the paper; Quantus
     ``RelevanceMassAccuracy`` (abs=False) sums signed values, which differs once a map has negatives."""
     x = _rows(a)
@@ -104,7 +104,7 @@ def top_hits(a: torch.Tensor, s: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def relevance_rank(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Relevance rank accuracy (Arras et al. 2022, Eq. 4): with ``K = |mask|``, the fraction of the ``K``
+    """Relevance rank accuracy (Arras et al. 2022): with ``K = |mask|``, the fraction of the ``K``
     most relevant pixels that lie in the mask."""
     size = s.reshape(s.shape[0], -1).sum(-1)
     return top_hits(a, s, size) / size.double()
@@ -122,7 +122,7 @@ def topk_intersection(
 
 
 def attribution_localisation(a: torch.Tensor, s: torch.Tensor, weighted: bool = False) -> torch.Tensor:
-    """Attribution localisation (Kohlbrenner et al., IJCNN 2020, Sec. IV-A): ``mu = R_in / R_tot`` of the
+    """Attribution localisation (Kohlbrenner et al., IJCNN 2020): ``mu = R_in / R_tot`` of the
     positive relevance; ``weighted``: ``mu * S_tot / S_in`` (mask size relative to the image), which
     rewards small objects. Quantus 0.6 multiplies by ``S_in / size(x_batch[2:])`` instead (inverted and
     over the wrong axes); evalcam follows the paper."""
