@@ -90,7 +90,8 @@ def check_compatible(metrics, dataset, bundle) -> None:
         if needing:
             raise ValueError(
                 f"metric(s) {', '.join(needing)} need segmentation masks, but dataset {dataset.name} has "
-                f"boxes only; use a dataset with masks (coco2014, coco2017) or drop these metrics"
+                f"boxes only; use a dataset with masks (coco2014, coco2017), set "
+                f"metrics.<name>.boxes_as_masks=true where the metric allows boxes, or drop these metrics"
             )
     classes = len(dataset.class_names)
     for metric in metrics:

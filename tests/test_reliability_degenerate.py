@@ -29,6 +29,12 @@ PARAMS: dict[str, dict] = {
     "insertion": {"step": 64, "blur_size": 3},
     "robustness": {"steps": 2},
     "sanity": {"steps": 2},
+    # The harness's samples carry boxes only; its images have 16 x 16 = 256 pixels.
+    "relevance_mass": {"boxes_as_masks": True},
+    "relevance_rank": {"boxes_as_masks": True},
+    "attribution_localisation": {"boxes_as_masks": True},
+    "topk_intersection": {"boxes_as_masks": True, "k": 20},
+    "mask_auc": {"boxes_as_masks": True},
 }
 
 
@@ -125,6 +131,11 @@ def test_every_metric_documents_its_degenerate_map_rule(name):
 @pytest.mark.parametrize("kind", ["zeros", "constant", "nan", "inf", "-inf"])
 @pytest.mark.parametrize("name", sorted(METRICS))
 def test_one_degenerate_map_is_counted_and_spoils_no_number(name, kind):
+    if name == "focus":
+        pytest.skip(
+            "Focus builds mosaics from images of other labels, and this harness's two images share one; "
+            "see test_metrics_mask_localization.py::test_focus_counts_degenerate_mosaic_maps"
+        )
     good = evaluate(name, torch.stack([good_map(), good_map()]))
     mixed = evaluate(name, torch.stack([bad_map(kind), good_map()]))
     assert good["degenerate_maps"] == 0

@@ -9,9 +9,18 @@ import torch
 
 from evalcam.metrics.base import EvalBatch, Metric
 from evalcam.metrics.causal import Deletion, Insertion
+from evalcam.metrics.complexity import Complexity, EffectiveComplexity, Sparseness
 from evalcam.metrics.confidence import AverageDrop
 from evalcam.metrics.faithfulness import OcclusionFaithfulness
+from evalcam.metrics.focus import Focus
 from evalcam.metrics.localization import WeakLocalization
+from evalcam.metrics.mask_localization import (
+    AttributionLocalisation,
+    MaskAUC,
+    RelevanceMassAccuracy,
+    RelevanceRankAccuracy,
+    TopKIntersection,
+)
 from evalcam.metrics.maxboxacc import MaxBoxAcc
 from evalcam.metrics.pointing import EnergyPointingGame, PointingGame
 from evalcam.metrics.robustness import AdversarialRobustness
@@ -28,6 +37,16 @@ METRICS: dict[str, type[Metric]] = {
     "avg_drop": AverageDrop,
     "robustness": AdversarialRobustness,
     "sanity": CascadingRandomization,
+    # issue 18: complexity, localisation against masks, Focus
+    "sparseness": Sparseness,
+    "complexity": Complexity,
+    "effective_complexity": EffectiveComplexity,
+    "relevance_mass": RelevanceMassAccuracy,
+    "relevance_rank": RelevanceRankAccuracy,
+    "attribution_localisation": AttributionLocalisation,
+    "topk_intersection": TopKIntersection,
+    "mask_auc": MaskAUC,
+    "focus": Focus,
 }
 
 

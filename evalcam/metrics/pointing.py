@@ -33,6 +33,7 @@ import torch
 
 from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
+from evalcam.metrics.mask_scores import relevance_mass
 from evalcam.metrics.regions import (
     argmax_point,
     class_mask,
@@ -148,13 +149,10 @@ class PointingGame(Metric):
 def energy_in_region(cam: torch.Tensor, region: torch.Tensor) -> float | None:
     """Share of ``max(cam, 0)`` inside the bool ``region``; None for a degenerate map (non-finite, constant,
     or without positive energy)."""
-    if is_flat(cam):
+    if is_flat(cam) or not bool((cam > 0).any()):
         return None
-    energy = cam.double().clamp_min(0)
-    total = float(energy.sum())
-    if total <= 0:
-        return None
-    return float(energy[region].sum()) / total
+    # The relevance mass accuracy of Arras et al. (2022) on the class region: one definition for both.
+    return float(relevance_mass(cam[None], region[None], positive=True)[0])
 
 
 class EnergyPointingGame(Metric):

@@ -1,0 +1,226 @@
+"""Localisation against ground-truth masks (Quantus's "localisation" family), no extra forward pass.
+
+Protocol shared by the five metrics:
+
+- every ground-truth class of an image is a target; its map (``batch.gt_maps``) is upsampled bilinearly to
+  the image (``Sample.size``), where the annotations live;
+- the class region is its segmentation mask (COCO: union of the class's instance masks). On a box-only
+  dataset (VOC, ImageNet) a run is refused before it starts unless ``boxes_as_masks: true`` is set, which
+  uses the union of the class's boxes as the mask (:func:`evalcam.metrics.regions.class_mask`), an
+  approximation the papers do not make (Arras et al. use pixel masks; Kohlbrenner et al. use boxes);
+- classes without a region, and box-annotated classes whose boxes are all PASCAL-difficult, are skipped
+  (:func:`evalcam.metrics.regions.not_evaluated`, as the pointing games);
+- an image's value is the mean over its evaluated classes (record ``<name>.<key>``, per class in
+  ``<name>.per_class``); the logged ``<name>/<key>`` is the mean over images with an evaluated class;
+- a degenerate map (non-finite, constant, or without a positive value) scores 0 (0.5 for ``mask_auc``:
+  what a constant map gets from the ROC) and is counted in ``<name>/degenerate_maps``, judged on the
+  method's map before resampling.
+
+The scores (:mod:`evalcam.metrics.mask_scores`) are the papers'; where Quantus 0.6 differs, the function's
+docstring says how (tests/test_metrics_mask_quantus.py pins each difference).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from evalcam.maps import upsample
+from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
+from evalcam.metrics.mask_scores import (
+    attribution_localisation,
+    degenerate_rows,
+    relevance_mass,
+    relevance_rank,
+    roc_auc,
+    topk_intersection,
+)
+from evalcam.metrics.pointing import _gt_pairs
+from evalcam.metrics.regions import class_mask, not_evaluated
+
+
+class _MaskMetric(Metric):
+    """One score per (image, ground-truth class) pair against the class's mask."""
+
+    needs_gt_maps = True
+    key = "score"
+    #: what a degenerate map scores
+    degenerate_score = 0.0
+
+    def __init__(self, device: torch.device | str = "cpu", boxes_as_masks: bool = False) -> None:
+        super().__init__(device)
+        self.boxes_as_masks = bool(boxes_as_masks)
+        #: read by the runner's compatibility check: box-only datasets are refused unless boxes are allowed
+        self.needs_masks = not self.boxes_as_masks
+        for state in ("total", "images", "pairs", "skipped", "degenerate"):
+            self.add_state(state, torch.zeros((), dtype=torch.float64))
+
+    def score(self, maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """``[L]`` scores of valid ``[L, H, W]`` maps against bool masks."""
+        raise NotImplementedError
+
+    def usable(self, mask: torch.Tensor) -> bool:
+        """Whether a (non-empty) mask can be scored at all; otherwise the pair is skipped."""
+        return True
+
+    def _mask(self, sample, cls: int) -> torch.Tensor:
+        if sample.masks is None and not self.boxes_as_masks:
+            raise ValueError(
+                f"{self.name} needs segmentation masks but image {sample.image_id} has boxes only; "
+                f"use a dataset with masks (coco2017) or set metrics.{self.name}.boxes_as_masks=true"
+            )
+        return class_mask(sample, cls)
+
+    def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
+        records = []
+        for i, (sample, pairs) in enumerate(zip(batch.samples, _gt_pairs(batch), strict=True)):
+            cols, classes, masks = [], [], []
+            per_class: list[float | None] = []
+            for col, cls in pairs:
+                mask = None if not_evaluated(sample, cls) else self._mask(sample, cls)
+                if mask is None or not self.usable(mask):
+                    self.skipped = self.skipped + 1
+                    continue
+                cols.append(col)
+                classes.append(cls)
+                masks.append(mask)
+            values = torch.zeros(0, dtype=torch.float64)
+            if cols:
+                raw = batch.gt_maps[i, cols].to(self.device)
+                degenerate = degenerate_rows(raw)
+                maps = upsample(raw, sample.size)
+                stacked = torch.stack(masks).to(self.device)
+                values = torch.full(
+                    (len(cols),), self.degenerate_score, dtype=torch.float64, device=self.device
+                )
+                if bool((~degenerate).any()):
+                    values[~degenerate] = self.score(maps[~degenerate], stacked[~degenerate])
+                self.degenerate = self.degenerate + degenerate.sum().double()
+                self.pairs = self.pairs + len(cols)
+                self.total = self.total + values.mean()
+                self.images = self.images + 1
+                values = values.cpu()
+            scored = dict(zip(classes, values.tolist(), strict=True))
+            per_class = [scored.get(c) for _, c in pairs]
+            records.append(
+                {
+                    f"{self.name}.{self.key}": float(values.mean()) if cols else None,
+                    f"{self.name}.classes": [c for _, c in pairs],
+                    f"{self.name}.per_class": per_class,
+                }
+            )
+        return records
+
+    def compute(self) -> dict[str, float]:
+        mean = safe_ratio(self.total, self.images) if float(self.images) > 0 else 0.0
+        return {
+            self.key: mean,
+            "images": float(self.images),
+            "evaluated": float(self.pairs),
+            "skipped": float(self.skipped),
+            "degenerate_maps": float(self.degenerate),
+        }
+
+
+class RelevanceMassAccuracy(_MaskMetric):
+    """Share of the positive relevance inside the mask (Arras et al., "CLEVR-XAI", Information Fusion
+    2022). The energy pointing game of Score-CAM is the same number on boxes."""
+
+    name = "relevance_mass"
+    key = "accuracy"
+    higher_is_better: ClassVar[dict[str, bool]] = {"accuracy": True}
+
+    def score(self, maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return relevance_mass(maps, masks, positive=True)
+
+
+class RelevanceRankAccuracy(_MaskMetric):
+    """Fraction of the ``|mask|`` most relevant pixels inside the mask (Arras et al. 2022)."""
+
+    name = "relevance_rank"
+    key = "accuracy"
+    higher_is_better: ClassVar[dict[str, bool]] = {"accuracy": True}
+
+    def score(self, maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return relevance_rank(maps, masks)
+
+
+class AttributionLocalisation(_MaskMetric):
+    """``R_in / R_tot`` of the positive relevance, optionally weighted by ``S_tot / S_in`` (Kohlbrenner et
+    al., "Towards best practice in explaining neural network decisions with LRP", IJCNN 2020).
+    ``max_size``: masks covering more than this share of the image are skipped (the paper evaluates
+    objects smaller than the image; default 1.0 keeps all)."""
+
+    name = "attribution_localisation"
+    key = "ratio"
+    higher_is_better: ClassVar[dict[str, bool]] = {"ratio": True}
+
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        boxes_as_masks: bool = False,
+        weighted: bool = False,
+        max_size: float = 1.0,
+    ) -> None:
+        if not 0 < float(max_size) <= 1:
+            raise ValueError(
+                f"metrics.attribution_localisation.max_size={max_size} must lie in (0, 1]: the largest "
+                "share of the image a mask may cover"
+            )
+        super().__init__(device, boxes_as_masks)
+        self.weighted = bool(weighted)
+        self.max_size = float(max_size)
+
+    def usable(self, mask: torch.Tensor) -> bool:
+        return float(mask.float().mean()) <= self.max_size
+
+    def score(self, maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return attribution_localisation(maps, masks, weighted=self.weighted)
+
+
+class TopKIntersection(_MaskMetric):
+    """Fraction of the ``k`` most relevant pixels inside the mask (Theiner et al., "Interpretable semantic
+    photo geolocation", WACV 2022; Quantus ``TopKIntersection``, same default ``k = 1000``)."""
+
+    name = "topk_intersection"
+    key = "intersection"
+    higher_is_better: ClassVar[dict[str, bool]] = {"intersection": True}
+
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        boxes_as_masks: bool = False,
+        k: int = 1000,
+        concept_influence: bool = False,
+    ) -> None:
+        if int(k) < 1:
+            raise ValueError(f"metrics.topk_intersection.k={k} must be a positive number of pixels")
+        super().__init__(device, boxes_as_masks)
+        self.k = int(k)
+        self.concept_influence = bool(concept_influence)
+
+    def score(self, maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        pixels = maps[0].numel()
+        if self.k > pixels:
+            raise ValueError(
+                f"metrics.topk_intersection.k={self.k} is larger than the {pixels} pixels of an image "
+                f"({tuple(maps.shape[-2:])}); set a smaller k"
+            )
+        return topk_intersection(maps, masks, self.k, self.concept_influence)
+
+
+class MaskAUC(_MaskMetric):
+    """ROC AUC of the map as a pixel classifier of the mask (Fawcett 2006, as in Quantus ``AUC``). A mask
+    that covers the whole image has no negatives: the pair is skipped."""
+
+    name = "mask_auc"
+    key = "auc"
+    degenerate_score = 0.5
+    higher_is_better: ClassVar[dict[str, bool]] = {"auc": True}
+
+    def usable(self, mask: torch.Tensor) -> bool:
+        return not bool(mask.all())
+
+    def score(self, maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return roc_auc(maps, masks)
