@@ -1,5 +1,5 @@
 """evalcam vs Quantus 0.6 on the no-forward metrics of issue 18 (complexity, mask localisation, Focus
-scoring): per-metric time ratios on identical maps; see :mod:`evalcam.bench_maskloc` for the protocol.
+scoring): per-metric time ratios on identical maps; see :mod:`evalcam.bench.mask_metrics` for the protocol.
 
     python benchmarks/bench_maskloc.py [--batch 8] [--size 224] [--repeats 3] [--device cuda]
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from evalcam.bench_maskloc import bench_rows, format_rows
+from evalcam.bench.mask_metrics import bench_rows, format_rows
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

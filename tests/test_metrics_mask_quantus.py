@@ -187,7 +187,7 @@ def test_focus_quadrant_share_matches_quantus(coco_pairs):
 
 
 def test_bench_rows_time_every_metric_against_its_quantus_peer():
-    from evalcam.bench_maskloc import PAIRS, bench_rows, format_rows
+    from evalcam.bench.mask_metrics import PAIRS, bench_rows, format_rows
 
     rows = bench_rows(batch=2, size=32, repeats=1)
     assert [r["metric"] for r in rows] == list(PAIRS)

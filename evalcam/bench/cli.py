@@ -41,6 +41,21 @@ def build_bundle(name: str, device: torch.device, random_weights: bool, layer: s
         return load_model(name, device=device, target_layer=layer, weights="random")
 
 
+def quantus_tables(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    """evalcam vs Quantus per metric on identical maps, with the forwards each side needs; printed."""
+    from evalcam.bench import mask_metrics
+
+    rows = []
+    print("\n# metrics vs Quantus (ratio = Quantus time / evalcam time, same maps, same protocol)")
+    try:
+        rows = mask_metrics.bench_rows(batch=args.batch_size, repeats=args.repeats, device=str(device))
+    except ImportError as err:
+        print(f"- not measured: {err} (pip install quantus)")
+        return rows
+    print("\n".join(mask_metrics.format_rows(rows)))
+    return rows
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m evalcam bench",
@@ -80,6 +95,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         metavar="OVERRIDE",
         help="Hydra override for the --startup/--end-to-end runs, e.g. dataset=imagenet_val (repeatable)",
+    )
+    parser.add_argument(
+        "--quantus",
+        action="store_true",
+        help="also time the metrics Quantus has too, on identical maps (needs quantus, the peers extra)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="small batch, few repeats, cheap methods only")
@@ -217,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{syn['images_per_s']:.1f} images/s ({syn['seconds']:.1f} s); stages: {stages}; "
             f"extrapolated ILSVRC2012 val (50k): {syn['ilsvrc_val_minutes']:.1f} min"
         )
+    if args.quantus:
+        result["quantus"] = quantus_tables(args, device)
     if args.startup or args.end_to_end:
         import tempfile
 
