@@ -10,12 +10,23 @@ import torch
 from evalcam.metrics.base import EvalBatch, Metric
 from evalcam.metrics.causal import Deletion, Insertion
 from evalcam.metrics.confidence import AverageDrop
+from evalcam.metrics.continuity import Continuity
+from evalcam.metrics.emprt import EfficientMPRT
 from evalcam.metrics.faithfulness import OcclusionFaithfulness
+from evalcam.metrics.local_lipschitz import LocalLipschitz
 from evalcam.metrics.localization import WeakLocalization
+from evalcam.metrics.max_sensitivity import MaxSensitivity
 from evalcam.metrics.maxboxacc import MaxBoxAcc
 from evalcam.metrics.pointing import EnergyPointingGame, PointingGame
+from evalcam.metrics.random_logit import RandomLogit
+from evalcam.metrics.relative_stability import (
+    RelativeInputStability,
+    RelativeOutputStability,
+    RelativeRepresentationStability,
+)
 from evalcam.metrics.robustness import AdversarialRobustness
 from evalcam.metrics.sanity import CascadingRandomization
+from evalcam.metrics.smprt import SmoothMPRT
 
 METRICS: dict[str, type[Metric]] = {
     "weak_loc": WeakLocalization,
@@ -28,6 +39,16 @@ METRICS: dict[str, type[Metric]] = {
     "avg_drop": AverageDrop,
     "robustness": AdversarialRobustness,
     "sanity": CascadingRandomization,
+    # robustness and randomization families (issue 18)
+    "max_sensitivity": MaxSensitivity,
+    "local_lipschitz": LocalLipschitz,
+    "relative_input_stability": RelativeInputStability,
+    "relative_output_stability": RelativeOutputStability,
+    "relative_representation_stability": RelativeRepresentationStability,
+    "continuity": Continuity,
+    "emprt": EfficientMPRT,
+    "smprt": SmoothMPRT,
+    "random_logit": RandomLogit,
 }
 
 
