@@ -34,7 +34,9 @@ class TinyNet(nn.Module):
 
 def tiny_batch(n: int = 3, size: int = 16, explainer=None, model: nn.Module | None = None) -> EvalBatch:
     model = (model or TinyNet()).eval()
-    bundle = ModelBundle(model=model, name="tiny", target_layer="act2", preprocess=Preprocess((size, size), MEAN, STD))
+    bundle = ModelBundle(
+        model=model, name="tiny", target_layer="act2", preprocess=Preprocess((size, size), MEAN, STD)
+    )
     inputs = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(2))
     samples = [
         Sample(image=torch.zeros(3, size, size, dtype=torch.uint8), image_id=f"img{i}", labels=[])

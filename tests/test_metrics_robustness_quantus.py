@@ -43,7 +43,10 @@ def _evalcam_noise(metric, batch):
     ids = [s.image_id for s in batch.samples]
     std = torch.tensor(STD).view(1, 3, 1, 1)
     return [
-        (copy_noise(ids, [s] * len(ids), batch.inputs.shape[1:], metric.noise, metric.scale, metric.seed) / std)
+        (
+            copy_noise(ids, [s] * len(ids), batch.inputs.shape[1:], metric.noise, metric.scale, metric.seed)
+            / std
+        )
         .flatten(1)
         .numpy()
         for s in range(metric.samples)
@@ -62,8 +65,13 @@ def _replaying(noise):
 def _quantus_scores(quantus_metric, batch, **kwargs):
     x, y, a = _arrays(batch)
     scores = quantus_metric(
-        model=batch.explainer.model, x_batch=x, y_batch=y, a_batch=a, explain_func=quantus_explain,
-        device="cpu", **kwargs,
+        model=batch.explainer.model,
+        x_batch=x,
+        y_batch=y,
+        a_batch=a,
+        explain_func=quantus_explain,
+        device="cpu",
+        **kwargs,
     )
     return np.asarray(scores, dtype=np.float64)
 
@@ -101,7 +109,9 @@ def test_relative_representation_stability_matches_quantus_on_the_cam_layer():
     ours = RelativeRepresentationStability(samples=SAMPLES, scale=0.02)
     batch = tiny_batch()
     theirs = quantus.RelativeRepresentationStability(
-        nr_samples=SAMPLES, perturb_func=_replaying(_evalcam_noise(ours, batch)), layer_names=["act2"],
+        nr_samples=SAMPLES,
+        perturb_func=_replaying(_evalcam_noise(ours, batch)),
+        layer_names=["act2"],
         **QUANTUS_OFF,
     )
     np.testing.assert_allclose(_evalcam_scores(ours, batch), _quantus_scores(theirs, batch), rtol=1e-4)
@@ -117,7 +127,9 @@ def test_relative_stability_keeps_images_whose_copies_change_class_where_quantus
     ours = RelativeInputStability(samples=6, scale=0.3)
     batch = tiny_batch(model=net)
     expected = _quantus_scores(
-        quantus.RelativeInputStability(nr_samples=6, perturb_func=_replaying(_evalcam_noise(ours, batch)), **QUANTUS_OFF),
+        quantus.RelativeInputStability(
+            nr_samples=6, perturb_func=_replaying(_evalcam_noise(ours, batch)), **QUANTUS_OFF
+        ),
         batch,
     )
     got = _evalcam_scores(ours, batch)
@@ -136,7 +148,10 @@ def test_continuity_matches_quantus_translations():
     ours = Continuity(steps=10, fill="min", normalize=True)
     batch = tiny_batch()
     theirs = quantus.Continuity(
-        nr_steps=10, abs=True, normalise=True, normalise_func_kwargs={"normalise_axes": (1, 2, 3)},
+        nr_steps=10,
+        abs=True,
+        normalise=True,
+        normalise_func_kwargs={"normalise_axes": (1, 2, 3)},
         disable_warnings=True,
     )
     np.testing.assert_allclose(_evalcam_scores(ours, batch), _quantus_scores(theirs, batch), rtol=1e-4)

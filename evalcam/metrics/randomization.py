@@ -65,12 +65,10 @@ def fully_randomized(
     model: nn.Module, seed: int = 0, scheme: str = "cascade", layers: Sequence[str] | None = None
 ) -> nn.Module:
     """A copy of ``model`` with every randomization unit re-initialized."""
-    randomized = None
-    for _, randomized in randomization_steps(model, seed, scheme, "bottom_up", layers):
-        pass
-    if randomized is None:
+    steps = list(randomization_steps(model, seed, scheme, "bottom_up", layers))
+    if not steps:
         raise ValueError("the model has no parameterized layer to randomize")
-    return randomized
+    return steps[-1][1]
 
 
 def explainer_on(batch: EvalBatch, model: nn.Module):

@@ -50,7 +50,8 @@ def copy_noise(
 ) -> torch.Tensor:
     """``[n, *shape]`` noise, row ``i`` for copy ``copies[i]`` of image ``image_ids[i]``.
 
-    ``uniform``: U(-scale, scale) per element (the L-inf ball of Yeh et al. 2019); ``gaussian``: N(0, scale^2).
+    ``uniform``: U(-scale, scale) per element (the L-inf ball of Yeh et al. 2019);
+    ``gaussian``: N(0, scale^2).
     """
     if kind not in NOISES:
         raise ValueError(f"unknown noise {kind!r}; use one of: {', '.join(NOISES)}")

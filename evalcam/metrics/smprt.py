@@ -87,15 +87,24 @@ class SmoothMPRT(Metric):
         def inputs_of(items: torch.Tensor) -> torch.Tensor:
             images, copies = items // per, items % per
             noise = copy_noise(
-                [ids[i] for i in images.tolist()], copies.tolist(), inputs.shape[1:], "gaussian", 1.0, self.seed
+                [ids[i] for i in images.tolist()],
+                copies.tolist(),
+                inputs.shape[1:],
+                "gaussian",
+                1.0,
+                self.seed,
             ).to(inputs.device)
             scale = sigma[images.to(inputs.device)] * (copies != per - 1).to(inputs.device)
             return inputs[images.to(inputs.device)] + noise * scale.view(-1, 1, 1, 1)
 
         total = torch.zeros(n, *size, dtype=torch.float64, device=inputs.device)
         for items, _, maps, _ in reexplain(
-            explainer, n * per, inputs_of, lambda items: classes[(items // per).to(classes.device)],
-            self.chunk_size, size,
+            explainer,
+            n * per,
+            inputs_of,
+            lambda items: classes[(items // per).to(classes.device)],
+            self.chunk_size,
+            size,
         ):
             total.index_add_(0, (items // per).to(inputs.device), maps.to(inputs.device))
         smooth = (total / per).abs()

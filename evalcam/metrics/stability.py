@@ -68,7 +68,13 @@ class SampledStability(Metric):
         _, std = normalization(batch)
         ids = [batch.samples[int(i)].image_id for i in images]
         noise = copy_noise(
-            ids, copies.tolist(), batch.inputs.shape[1:], self.noise, self.scale, self.seed, batch.inputs.device
+            ids,
+            copies.tolist(),
+            batch.inputs.shape[1:],
+            self.noise,
+            self.scale,
+            self.seed,
+            batch.inputs.device,
         )
         return batch.inputs[images.to(batch.inputs.device)] + noise / std
 
