@@ -15,5 +15,6 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--samples", type=int, default=4, help="perturbed copies per image (both sides)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--chunk-size", type=int, default=None, help="evalcam images per explainer call")
     args = parser.parse_args()
-    print(format_rows(bench_rows(args.batch_size, args.samples, args.device)))
+    print(format_rows(bench_rows(args.batch_size, args.samples, args.device, args.chunk_size)))

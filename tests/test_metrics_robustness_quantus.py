@@ -22,6 +22,7 @@ from evalcam.metrics.relative_stability import (
     RelativeOutputStability,
     RelativeRepresentationStability,
 )
+from evalcam.metrics.smprt import SmoothMPRT
 from tests.robust18_helpers import STD, TinyNet, quantus_explain, tiny_batch
 
 quantus = pytest.importorskip("quantus")
@@ -185,3 +186,47 @@ def test_random_logit_ssim_is_the_papers_2d_ssim_where_quantus_flattens_the_maps
     ours = float(ssim(a_n, b_n)[0])
     assert ours == pytest.approx(two_d, abs=1e-9)  # evalcam: the paper's 2-D SSIM
     assert abs(ours - expected) > 1e-3  # and the two differ on real maps
+
+
+def test_smprt_matches_quantus_with_its_noise_replayed(monkeypatch):
+    """Quantus' SmoothMPRT explains through ``quantus.explain`` (Captum's LayerGradCam: no ReLU, bilinear
+    upsampling), so evalcam's Grad-CAM runs with ``relu=False``; Quantus draws its smoothing noise from
+    ``np.random.randn``, which is made to replay evalcam's seeded noise (the same copies for every model)."""
+    from evalcam.methods.gradcam import GradCAM
+
+    per, noise = 3, 0.1
+    model = TinyNet().eval()
+    batch = tiny_batch(model=model, explainer=GradCAM(model, "act2", relu=False))
+    ours = SmoothMPRT(samples=per, noise=noise, scheme="quantus", seed=7)
+    ids = [s.image_id for s in batch.samples]
+    draws = [
+        copy_noise(ids, [s] * len(ids), batch.inputs.shape[1:], "gaussian", 1.0, 7).numpy()
+        for s in range(per - 1)
+    ]
+    calls = iter(range(10_000))
+    monkeypatch.setattr(np.random, "randn", lambda *shape: draws[next(calls) % (per - 1)].reshape(shape))
+    theirs = quantus.SmoothMPRT(
+        nr_samples=per, noise_magnitude=noise, seed=7, disable_warnings=True, display_progressbar=False
+    )
+    x, y, _ = _arrays(batch)
+    size = tuple(x.shape[-2:])
+    scores = theirs(
+        model=model,
+        x_batch=x,
+        y_batch=y,
+        a_batch=None,
+        explain_func=quantus.explain,
+        device="cpu",
+        explain_func_kwargs={
+            "method": "LayerGradCam",
+            "gc_layer": "model.act2",
+            "interpolate": size,
+            "interpolate_mode": "bilinear",
+        },
+    )
+    records = ours.update(batch)
+    assert records[0]["smprt.layers"] == ["conv1", "conv2", "fc"]
+    expected = np.array([scores[layer] for layer in ("conv1", "conv2", "fc")]).T  # [images, steps]
+    got = np.array([r["smprt.spearman"] for r in records])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(scores["original"], 1.0)  # the replayed noise makes both originals equal

@@ -39,14 +39,16 @@ class RandomizedModelCache:
     """The fully randomized copy of the last model seen, rebuilt only when the model object changes."""
 
     def __init__(self) -> None:
+        self._source: torch.nn.Module | None = None
         self._key: tuple | None = None
         self._model: torch.nn.Module | None = None
 
     def get(self, model: torch.nn.Module, seed: int, scheme: str, layers: Sequence[str] | None):
-        key = (id(model), seed, scheme, tuple(layers or ()))
-        if self._key != key or self._model is None:
+        key = (seed, scheme, tuple(layers or ()))
+        # identity, not id(): a freed model's id can be reused by a different one
+        if self._source is not model or self._key != key or self._model is None:
             self._model = fully_randomized(model, seed, scheme, layers)
-            self._key = key
+            self._source, self._key = model, key
         return self._model
 
 

@@ -8,9 +8,10 @@ sMPRT denoises first: every map (original model and each randomization step) is 
 ``samples`` explanations of ``x + eps``, ``eps ~ N(0, sigma^2)`` with ``sigma = noise * (max x - min x)``
 over the image's network input, the last sample noise-free (Quantus' ``explain_smooth_batch``). The noise
 of copy ``s`` of an image is seeded with ``(seed, image_id, s)`` and the SAME for every model, so the
-correlations compare models, not noise draws. Averaged maps are taken absolute and divided by their
-maximum (Quantus' defaults ``abs=True, normalise=True``, per map here) and compared with the denoised
-original map by Spearman rank correlation at input resolution.
+correlations compare models, not noise draws. Averaged maps are taken absolute (Quantus' default
+``abs=True``) and compared with the denoised original map by Spearman rank correlation at input
+resolution; Quantus' ``normalise`` divides each map by a positive number, which no rank correlation sees,
+so none is applied here.
 
 Randomization: cumulative, ``order`` ``"bottom_up"`` (Quantus' and the paper's default) or ``"top_down"``,
 over the cascade units of :mod:`evalcam.metrics.randomization`; ``steps`` keeps the first few. Logged:
@@ -75,7 +76,7 @@ class SmoothMPRT(Metric):
         self.add_state("images", torch.zeros((), dtype=torch.float64))
 
     def smooth_maps(self, batch: EvalBatch, model: nn.Module, classes: torch.Tensor) -> torch.Tensor:
-        """``[B, H, W]`` denoised, absolute, max-normalized maps of ``classes`` on ``model``."""
+        """``[B, H, W]`` denoised absolute maps of ``classes`` on ``model``."""
         explainer = explainer_on(batch, model) if model is not batch.explainer.model else batch.explainer
         inputs = batch.inputs
         dims = tuple(range(1, inputs.ndim))
@@ -107,9 +108,7 @@ class SmoothMPRT(Metric):
             size,
         ):
             total.index_add_(0, (items // per).to(inputs.device), maps.to(inputs.device))
-        smooth = (total / per).abs()
-        peak = smooth.flatten(1).amax(1).view(-1, 1, 1)
-        return smooth / torch.where(peak > 0, peak, torch.ones_like(peak))
+        return (total / per).abs()
 
     def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
         model = batch.explainer.model
