@@ -13,11 +13,13 @@ import torch
 
 from evalcam.methods.base import Explainer, Explanation, resolve_targets
 from evalcam.methods.baselines import CenterBaseline
+from evalcam.methods.gradcam import GradCAM
 from evalcam.metrics import METRICS, build_metrics
 from evalcam.metrics.continuity import shifts, translate
 from evalcam.metrics.random_logit import other_classes
 from evalcam.metrics.randomization import fully_randomized, histogram_entropy
 from evalcam.metrics.reexplain import copy_noise
+from evalcam.metrics.robustness_bench import count_forwards
 from tests.robust18_helpers import TinyNet, tiny_batch
 
 ROBUSTNESS = [
@@ -199,3 +201,37 @@ def test_bad_settings_are_refused_in_one_line():
         _build("smprt", order="sideways")
     with pytest.raises(ValueError, match=r"^continuity: unknown fill 'grey'; use one of: black, min$"):
         _build("continuity", fill="grey")
+
+
+class TwoPassGradCAM(GradCAM):
+    """Grad-CAM after an unrelated forward pass: the representation cannot be read from its passes."""
+
+    def explain(self, images, targets):
+        with torch.no_grad():
+            self.model(images.flip(-1))
+        return super().explain(images, targets)
+
+
+def test_rrs_reads_the_representation_from_the_explainers_pass_when_it_made_exactly_one():
+    model = TinyNet().eval()
+    scores, forwards = [], []
+    for explainer in (GradCAM(model, "act2"), TwoPassGradCAM(model, "act2")):
+        batch = tiny_batch(model=model, explainer=explainer)
+        metric = _build("relative_representation_stability")
+        with count_forwards(model) as counter:
+            records = metric.update(batch)
+        scores.append([r["relative_representation_stability.score"] for r in records])
+        forwards.append(counter["images"])
+    assert scores[0] == pytest.approx(scores[1], rel=1e-9)
+    # 3 clean images + 9 copies explained; the two-pass explainer doubles its passes and needs 9 more
+    assert forwards == [3 + 9, 3 + 2 * 9 + 9]
+
+
+def test_forward_counter_counts_images():
+    model = TinyNet().eval()
+    with count_forwards(model) as counter:
+        model(torch.zeros(2, 3, 8, 8))
+        model(torch.zeros(5, 3, 8, 8))
+    assert counter["images"] == 7
+    model(torch.zeros(1, 3, 8, 8))  # the hook is gone
+    assert counter["images"] == 7

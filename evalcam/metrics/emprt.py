@@ -92,7 +92,7 @@ class EfficientMPRT(Metric):
             self.chunk_size,
             size,
         )
-        return torch.cat([maps for _, _, maps, _ in chunks])
+        return torch.cat([maps for _, _, maps, _, _ in chunks])
 
     def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
         require_eval(batch.explainer.model, self.name)

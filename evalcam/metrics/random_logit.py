@@ -79,7 +79,7 @@ class RandomLogit(Metric):
             self.chunk_size,
             size,
         )
-        off_maps = torch.cat([maps for _, _, maps, _ in chunks]).to(device)
+        off_maps = torch.cat([maps for _, _, maps, _, _ in chunks]).to(device)
         original = upsample(batch.pred_maps[:, 0].detach(), size).double()
         bad = flat_maps(batch.pred_maps[:, 0]).to(device) | flat_maps(off_maps)
         value = torch.zeros(len(ids), dtype=torch.float64, device=device)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from evalcam.maps import upsample
-from evalcam.methods.base import Explainer
+from evalcam.methods.base import Explainer, capture_activations
 
 NOISES = ("uniform", "gaussian")
 
@@ -72,16 +72,39 @@ def reexplain(
     classes_of: Callable[[torch.Tensor], torch.Tensor],
     chunk_size: int,
     size: tuple[int, int],
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    capture: str | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """Explain items ``0 .. count-1`` a chunk at a time.
 
-    Yields ``(items, inputs [n, C, H, W], maps [n, H, W] float64 at ``size``, logits [n, classes])``.
+    Yields ``(items, inputs [n, C, H, W], maps [n, H, W] float64 at ``size``, logits [n, classes],
+    captured)``. ``captured`` is the output of layer ``capture`` from the explainer's own forward pass, so
+    a metric that needs it saves a forward; it is None (the caller runs its own pass) unless the explainer
+    ran exactly one full-precision forward of exactly these inputs (a CAM; not Score-CAM or RISE, whose
+    later passes see masked inputs).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    model = explainer.model
     for start in range(0, count, chunk_size):
         items = torch.arange(start, min(start + chunk_size, count))
         inputs = inputs_of(items)
-        explanation = explainer.explain(inputs, classes_of(items).to(inputs.device))
+        classes = classes_of(items).to(inputs.device)
+        if capture is None or explainer.autocast is not None:
+            explanation, captured = explainer.explain(inputs, classes), None
+        else:
+            explanation, captured = _explain_capturing(explainer, model, inputs, classes, capture)
         maps = upsample(explanation.maps[:, 0].detach(), size).double()
-        yield items, inputs, maps, explanation.logits.detach().float()
+        yield items, inputs, maps, explanation.logits.detach().float(), captured
+
+
+def _explain_capturing(explainer: Explainer, model: nn.Module, inputs: torch.Tensor, classes, layer: str):
+    seen: list[torch.Tensor] = []
+    handle = model.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        with capture_activations(model, [layer]) as store:
+            explanation = explainer.explain(inputs, classes)
+    finally:
+        handle.remove()
+    single = len(seen) == 1 and seen[0].shape == inputs.shape and torch.equal(seen[0].detach(), inputs)
+    captured = store.activations.get(layer) if single else None
+    return explanation, None if captured is None else captured.detach().flatten(1).double()

@@ -9,7 +9,8 @@ top-1 class at input resolution and elementwise ratios guarded as ``e + (e == 0)
 - RIS ``= max ||(e_x - e_x') / e_x||_2 / max(||(x - x') / x||_2, eps_min)`` (``x`` the network input),
 - ROS ``= max ||(e_x - e_x') / e_x||_2 / max(||h(x) - h(x')||_2, eps_min)`` (``h`` the logits),
 - RRS ``= max ||(e_x - e_x') / e_x||_2 / max(||(L_x - L_x') / L_x||_2, eps_min)`` (``L`` the output of
-  ``layer``, default the model's CAM layer; one extra forward per chunk captures it).
+  ``layer``, default the model's CAM layer; read from the explainer's own forward pass when it made
+  exactly one, else from one extra forward per chunk).
 
 Lower is better. Quantus deviates from the paper in two places, both pinned by the parity tests:
 it takes ``np.max`` over copies with dropped copies set to NaN, so ONE copy that changes the prediction
@@ -122,6 +123,12 @@ class RelativeRepresentationStability(_RelativeStability):
     def prepare(self, batch: EvalBatch) -> dict[str, Any]:
         return {"clean": self.representations(batch, batch.inputs)}
 
+    def capture_layer(self, batch: EvalBatch) -> str | None:
+        return self._layer(batch)
+
     def denominator(self, batch, context, images, inputs, logits) -> torch.Tensor:
         clean = context["clean"][images.to(context["clean"].device)]
-        return relative_change(clean, self.representations(batch, inputs), self.eps_min)
+        perturbed = context.get("captured")
+        if perturbed is None:  # the explainer's own pass did not give it: one more forward
+            perturbed = self.representations(batch, inputs)
+        return relative_change(clean, perturbed.to(clean.device), self.eps_min)

@@ -99,7 +99,7 @@ class SmoothMPRT(Metric):
             return inputs[images.to(inputs.device)] + noise * scale.view(-1, 1, 1, 1)
 
         total = torch.zeros(n, *size, dtype=torch.float64, device=inputs.device)
-        for items, _, maps, _ in reexplain(
+        for items, _, maps, _, _ in reexplain(
             explainer,
             n * per,
             inputs_of,

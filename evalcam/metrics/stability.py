@@ -78,6 +78,11 @@ class SampledStability(Metric):
         )
         return batch.inputs[images.to(batch.inputs.device)] + noise / std
 
+    def capture_layer(self, batch: EvalBatch) -> str | None:
+        """A layer whose output on each copy the objective reads (``context["captured"]``, None when
+        the explainer's pass could not provide it)."""
+        return None
+
     def prepare(self, batch: EvalBatch) -> dict[str, Any]:
         """Per-batch quantities of the clean inputs an objective needs (e.g. representations)."""
         return {}
@@ -110,15 +115,17 @@ class SampledStability(Metric):
         kept = torch.zeros(n, dtype=torch.long, device=device)
         changed_per_image = torch.zeros(n, dtype=torch.long, device=device)
         bad_copies = 0
-        for items, inputs, maps, logits in reexplain(
+        for items, inputs, maps, logits, captured in reexplain(
             batch.explainer,
             n * copies_per_image,
             lambda items: self.perturb(batch, items // copies_per_image, items % copies_per_image),
             lambda items: classes[(items // copies_per_image).to(device)],
             self.chunk_size,
             size,
+            self.capture_layer(batch),
         ):
             images = (items // copies_per_image).to(device)
+            context["captured"] = captured
             with torch.no_grad():
                 score = self.objective(batch, context, images, clean[images], inputs, maps, logits).to(device)
             finite_map = torch.isfinite(maps).flatten(1).all(1).to(device)
