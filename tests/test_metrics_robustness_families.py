@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from robust18_helpers import TinyNet, tiny_batch
 
 from evalcam.methods.base import Explainer, Explanation, resolve_targets
 from evalcam.methods.baselines import CenterBaseline
@@ -20,7 +21,6 @@ from evalcam.metrics.random_logit import other_classes
 from evalcam.metrics.randomization import fully_randomized, histogram_entropy
 from evalcam.metrics.reexplain import copy_noise
 from evalcam.metrics.robustness_bench import count_forwards
-from tests.robust18_helpers import TinyNet, tiny_batch
 
 ROBUSTNESS = [
     "max_sensitivity",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from robust18_helpers import STD, TinyNet, quantus_explain, tiny_batch
 
 from evalcam.maps import upsample
 from evalcam.metrics.continuity import Continuity
@@ -23,7 +24,6 @@ from evalcam.metrics.relative_stability import (
     RelativeRepresentationStability,
 )
 from evalcam.metrics.smprt import SmoothMPRT
-from tests.robust18_helpers import STD, TinyNet, quantus_explain, tiny_batch
 
 quantus = pytest.importorskip("quantus")
 if not hasattr(np, "trapz"):  # quantus 0.6 calls np.trapz, removed in NumPy 2.4
