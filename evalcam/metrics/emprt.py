@@ -83,14 +83,13 @@ class EfficientMPRT(Metric):
     def randomized_maps(self, batch: EvalBatch, classes: torch.Tensor) -> torch.Tensor:
         model = self._cache.get(batch.explainer.model, self.seed, self.scheme, self.layers)
         explainer = explainer_on(batch, model)
-        size = tuple(batch.inputs.shape[-2:])
         chunks = reexplain(
             explainer,
             len(batch.samples),
             lambda items: batch.inputs[items.to(batch.inputs.device)],
             lambda items: classes[items.to(classes.device)],
             self.chunk_size,
-            size,
+            None,
         )
         return torch.cat([maps for _, _, maps, _, _ in chunks])
 
@@ -99,12 +98,14 @@ class EfficientMPRT(Metric):
         device = batch.inputs.device
         classes = batch.pred_classes[:, 0].to(device)
         original = upsample(batch.pred_maps[:, 0].detach(), tuple(batch.inputs.shape[-2:])).double()
-        randomized = self.randomized_maps(batch, classes).to(device)
+        native = self.randomized_maps(batch, classes).to(device)
+        randomized = upsample(native, tuple(batch.inputs.shape[-2:])).double()
         h_orig = histogram_entropy(original, self.bins)
-        h_rand = histogram_entropy(randomized, self.bins)
         bad_orig = flat_maps(batch.pred_maps[:, 0]).to(device)
-        rand_nonfinite = ~torch.isfinite(randomized).flatten(1).all(1)
-        rand_flat = flat_maps(randomized)
+        rand_nonfinite = ~torch.isfinite(native).flatten(1).all(1)
+        rand_flat = flat_maps(native)
+        # a constant map has entropy 0; its upsampled copy would bin float ripples instead
+        h_rand = torch.where(rand_flat, 0.0, histogram_entropy(randomized, self.bins))
         measured = ~bad_orig & ~rand_nonfinite
         score = (h_rand - h_orig) / torch.where(measured, h_orig, torch.ones_like(h_orig))
         records = []

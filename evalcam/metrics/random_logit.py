@@ -77,11 +77,12 @@ class RandomLogit(Metric):
             lambda items: batch.inputs[items.to(device)],
             lambda items: off[items.to(device)],
             self.chunk_size,
-            size,
+            None,
         )
-        off_maps = torch.cat([maps for _, _, maps, _, _ in chunks]).to(device)
+        native = torch.cat([maps for _, _, maps, _, _ in chunks]).to(device)
+        off_maps = upsample(native, size).double()
         original = upsample(batch.pred_maps[:, 0].detach(), size).double()
-        bad = flat_maps(batch.pred_maps[:, 0]).to(device) | flat_maps(off_maps)
+        bad = flat_maps(batch.pred_maps[:, 0]).to(device) | flat_maps(native)
         value = torch.zeros(len(ids), dtype=torch.float64, device=device)
         if bool((~bad).any()):
             value[~bad] = ssim(max_normalized(original[~bad]), max_normalized(off_maps[~bad]), self.window)

@@ -71,16 +71,18 @@ def reexplain(
     inputs_of: Callable[[torch.Tensor], torch.Tensor],
     classes_of: Callable[[torch.Tensor], torch.Tensor],
     chunk_size: int,
-    size: tuple[int, int],
+    size: tuple[int, int] | None,
     capture: str | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """Explain items ``0 .. count-1`` a chunk at a time.
 
     Yields ``(items, inputs [n, C, H, W], maps [n, H, W] float64 at ``size``, logits [n, classes],
-    captured)``. ``captured`` is the output of layer ``capture`` from the explainer's own forward pass, so
-    a metric that needs it saves a forward; it is None (the caller runs its own pass) unless the explainer
-    ran exactly one full-precision forward of exactly these inputs (a CAM; not Score-CAM or RISE, whose
-    later passes see masked inputs).
+    captured)``; ``size`` None keeps the maps as the method returned them (decide flatness there:
+    resampling a constant map leaves float ripples, :mod:`evalcam.metrics.stats`). ``captured`` is the
+    output of layer ``capture`` from the explainer's own forward pass, so a metric that needs it saves a
+    forward; it is None (the caller runs its own pass) unless the explainer ran exactly one
+    full-precision forward of exactly these inputs (a CAM; not Score-CAM or RISE, whose later passes see
+    masked inputs).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -93,7 +95,8 @@ def reexplain(
             explanation, captured = explainer.explain(inputs, classes), None
         else:
             explanation, captured = _explain_capturing(explainer, model, inputs, classes, capture)
-        maps = upsample(explanation.maps[:, 0].detach(), size).double()
+        maps = explanation.maps[:, 0].detach()
+        maps = (maps if size is None else upsample(maps, size)).double()
         yield items, inputs, maps, explanation.logits.detach().float(), captured
 
 

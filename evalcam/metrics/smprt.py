@@ -19,8 +19,9 @@ over the cascade units of :mod:`evalcam.metrics.randomization`; ``steps`` keeps 
 Quantus' ``return_average_correlation``). Lower is better. Cost: ``(steps + 1) * samples`` explanations
 per image, chunked ``chunk_size`` inputs per explainer call.
 
-Degenerate maps: a constant or non-finite denoised map scores 0 and is counted in ``degenerate_maps`` per
-step (:mod:`evalcam.metrics.stats`).
+Degenerate maps: a denoised map that is constant or non-finite at the method's own resolution (before
+upsampling, whose float ripples would otherwise be ranked) scores 0 and is counted in ``degenerate_maps``
+per step (:mod:`evalcam.metrics.stats`).
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.randomization import ORDERS, SCHEMES, explainer_on, randomization_steps
 from evalcam.metrics.reexplain import copy_noise, reexplain, require_eval
 from evalcam.metrics.sanity import MAX_STEPS
-from evalcam.metrics.stats import spearman
+from evalcam.metrics.stats import flat_maps, spearman
 
 
 class SmoothMPRT(Metric):
@@ -75,8 +77,11 @@ class SmoothMPRT(Metric):
         self.add_state("mean_sum", torch.zeros((), dtype=torch.float64))
         self.add_state("images", torch.zeros((), dtype=torch.float64))
 
-    def smooth_maps(self, batch: EvalBatch, model: nn.Module, classes: torch.Tensor) -> torch.Tensor:
-        """``[B, H, W]`` denoised absolute maps of ``classes`` on ``model``."""
+    def smooth_maps(
+        self, batch: EvalBatch, model: nn.Module, classes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, H, W]`` denoised absolute maps of ``classes`` on ``model`` at input size, and ``[B]``
+        whether each is flat (constant or non-finite) at the method's own resolution."""
         explainer = explainer_on(batch, model) if model is not batch.explainer.model else batch.explainer
         inputs = batch.inputs
         dims = tuple(range(1, inputs.ndim))
@@ -86,7 +91,7 @@ class SmoothMPRT(Metric):
         size = tuple(inputs.shape[-2:])
 
         def inputs_of(items: torch.Tensor) -> torch.Tensor:
-            images, copies = items // per, items % per
+            images, copies = items % n, items // n  # copy-major, as the stability metrics
             noise = copy_noise(
                 [ids[i] for i in images.tolist()],
                 copies.tolist(),
@@ -99,22 +104,28 @@ class SmoothMPRT(Metric):
             return inputs[images.to(inputs.device)] + noise * scale.view(-1, 1, 1, 1)
 
         total = torch.zeros(n, *size, dtype=torch.float64, device=inputs.device)
+        native: torch.Tensor | None = None
         for items, _, maps, _, _ in reexplain(
             explainer,
             n * per,
             inputs_of,
-            lambda items: classes[(items // per).to(classes.device)],
+            lambda items: classes[(items % n).to(classes.device)],
             self.chunk_size,
-            size,
+            None,
         ):
-            total.index_add_(0, (items // per).to(inputs.device), maps.to(inputs.device))
-        return (total / per).abs()
+            rows = (items % n).to(inputs.device)
+            maps = maps.to(inputs.device)
+            if native is None:
+                native = torch.zeros(n, *maps.shape[-2:], dtype=torch.float64, device=inputs.device)
+            native.index_add_(0, rows, maps)
+            total.index_add_(0, rows, upsample(maps, size).double())
+        return (total / per).abs(), flat_maps(native)
 
     def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
         model = batch.explainer.model
         require_eval(model, self.name)
         classes = batch.pred_classes[:, 0].to(batch.inputs.device)
-        reference = self.smooth_maps(batch, model, classes)
+        reference, reference_flat = self.smooth_maps(batch, model, classes)
         per_image: list[list[float]] = [[] for _ in batch.samples]
         sums = torch.zeros(MAX_STEPS, dtype=torch.float64)
         counts = torch.zeros(MAX_STEPS, dtype=torch.float64)
@@ -126,7 +137,11 @@ class SmoothMPRT(Metric):
             if (self.steps is not None and k >= self.steps) or k >= MAX_STEPS:
                 break
             names.append(name)
-            rho, valid = spearman(reference, self.smooth_maps(batch, randomized, classes))
+            maps, flat = self.smooth_maps(batch, randomized, classes)
+            rho, valid = spearman(reference, maps)
+            # decided at the method's resolution: upsampled constants carry ripples that rank
+            valid = valid & ~flat & ~reference_flat
+            rho = torch.where(valid, rho, torch.zeros_like(rho))
             sums[k] += float(rho.sum())
             counts[k] += len(rho)
             degenerate[k] += float((~valid).sum())

@@ -4,8 +4,9 @@ of each image (max-sensitivity, local Lipschitz estimate, RIS/ROS/RRS, continuit
 For each image (target: its clean top-1 class ``c``, whose map the runner already computed) ``samples``
 perturbed copies ``x'`` are explained for ``c`` by ``batch.explainer``, chunked over all copies of all
 images of the batch; a subclass turns each copy into a number (:meth:`SampledStability.objective`) and
-the image scores the maximum over its copies. Maps are compared at the input resolution (bilinear
-upsampling, as in Quantus, whose attributions live in the input space), in float64.
+the image scores the maximum over its copies. Copies are ordered copy-major (item ``s * B + i`` is copy
+``s`` of image ``i``), so a chunk holds the same copy of consecutive images. Maps are compared at the input
+resolution (bilinear upsampling, as in Quantus, whose attributions live in the input space), in float64.
 
 - Copies whose top-1 class differs from ``c`` are dropped when ``skip_changed`` (the RIS/ROS/RRS papers'
   condition ``argmax f(x') = argmax f(x)``); their number is logged as ``changed_predictions``.
@@ -118,13 +119,13 @@ class SampledStability(Metric):
         for items, inputs, maps, logits, captured in reexplain(
             batch.explainer,
             n * copies_per_image,
-            lambda items: self.perturb(batch, items // copies_per_image, items % copies_per_image),
-            lambda items: classes[(items // copies_per_image).to(device)],
+            lambda items: self.perturb(batch, items % n, items // n),
+            lambda items: classes[(items % n).to(device)],
             self.chunk_size,
             size,
             self.capture_layer(batch),
         ):
-            images = (items // copies_per_image).to(device)
+            images = (items % n).to(device)
             context["captured"] = captured
             with torch.no_grad():
                 score = self.objective(batch, context, images, clean[images], inputs, maps, logits).to(device)
