@@ -12,12 +12,18 @@ top-1 class at input resolution and elementwise ratios guarded as ``e + (e == 0)
   ``layer``, default the model's CAM layer; read from the explainer's own forward pass when it made
   exactly one, else from one extra forward per chunk).
 
-Lower is better. Quantus deviates from the paper in two places, both pinned by the parity tests:
-it takes ``np.max`` over copies with dropped copies set to NaN, so ONE copy that changes the prediction
-makes the image's score NaN (here the maximum runs over the kept copies, as in the paper), and it adds
-``eps_min`` to a zero denominator instead of ``max(., eps_min)`` (identical unless the denominator is
-below ``eps_min``). Noise: uniform in ``[-scale, scale]`` pixel units (Quantus' default perturbation is
-uniform noise too). See :mod:`evalcam.metrics.stability` for batching, degenerate maps and seeding.
+Lower is better. The elementwise ratios are the paper's, and on ReLU networks they are dominated by the
+guard: a unit that is 0 on ``x`` and not on ``x'`` contributes ``|L_x'| / eps_min``, so RRS at a ReLU layer
+is tiny (about 1e-6 at EfficientNet-Lite0's ``head_act`` on the sample images), and the same holds for the
+numerator wherever a CAM is zero; compare these numbers across methods, not with other metrics.
+
+Quantus deviates from the paper in two places: it takes ``np.max`` over
+copies with dropped copies set to NaN, so ONE copy that changes the prediction makes the image's score NaN
+(here the maximum runs over the kept copies, as in the paper), and it adds ``eps_min`` to a zero
+denominator instead of ``max(., eps_min)`` (identical unless the denominator is below ``eps_min``; only the
+first is exercised by a test). Noise: uniform in ``[-scale, scale]`` pixel units (Quantus' default
+perturbation is uniform noise too). See :mod:`evalcam.metrics.stability` for batching, degenerate maps
+and seeding.
 """
 
 from __future__ import annotations
