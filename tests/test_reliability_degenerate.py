@@ -80,7 +80,10 @@ class FixedMaps(Explainer):
         with torch.no_grad():
             logits = self.model(images).float()
         classes, fns = resolve_targets(targets, logits)
-        maps = self.maps[: images.shape[0], None].expand(-1, len(fns), MAP, MAP).clone()
+        # Metrics that explain several copies of each image send them copy-major (copy s of image i at
+        # s * B + i), so cycling through the maps gives every copy its image's map.
+        rows = torch.arange(images.shape[0]) % self.maps.shape[0]
+        maps = self.maps[rows, None].expand(-1, len(fns), MAP, MAP).clone()
         return Explanation(maps=maps, logits=logits, classes=classes)
 
 

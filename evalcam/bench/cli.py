@@ -53,7 +53,11 @@ def quantus_tables(args: argparse.Namespace, device: torch.device) -> list[dict[
         print(f"- not measured: {err} (pip install quantus)")
         return rows
     print("\n".join(mask_metrics.format_rows(rows)))
-    return rows
+    from evalcam.bench import robustness_metrics
+
+    robust = robustness_metrics.bench_rows(args.batch_size, samples=4, device=str(device))
+    print("\n" + robustness_metrics.format_rows(robust))
+    return rows + robust
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

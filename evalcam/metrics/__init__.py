@@ -11,8 +11,11 @@ from evalcam.metrics.base import EvalBatch, Metric
 from evalcam.metrics.causal import Deletion, Insertion
 from evalcam.metrics.complexity import Complexity, EffectiveComplexity, Sparseness
 from evalcam.metrics.confidence import AverageDrop
+from evalcam.metrics.continuity import Continuity
+from evalcam.metrics.emprt import EfficientMPRT
 from evalcam.metrics.faithfulness import OcclusionFaithfulness
 from evalcam.metrics.focus import Focus
+from evalcam.metrics.local_lipschitz import LocalLipschitz
 from evalcam.metrics.localization import WeakLocalization
 from evalcam.metrics.mask_localization import (
     AttributionLocalisation,
@@ -21,10 +24,18 @@ from evalcam.metrics.mask_localization import (
     RelevanceRankAccuracy,
     TopKIntersection,
 )
+from evalcam.metrics.max_sensitivity import MaxSensitivity
 from evalcam.metrics.maxboxacc import MaxBoxAcc
 from evalcam.metrics.pointing import EnergyPointingGame, PointingGame
+from evalcam.metrics.random_logit import RandomLogit
+from evalcam.metrics.relative_stability import (
+    RelativeInputStability,
+    RelativeOutputStability,
+    RelativeRepresentationStability,
+)
 from evalcam.metrics.robustness import AdversarialRobustness
 from evalcam.metrics.sanity import CascadingRandomization
+from evalcam.metrics.smprt import SmoothMPRT
 
 METRICS: dict[str, type[Metric]] = {
     "weak_loc": WeakLocalization,
@@ -47,6 +58,16 @@ METRICS: dict[str, type[Metric]] = {
     "topk_intersection": TopKIntersection,
     "mask_auc": MaskAUC,
     "focus": Focus,
+    # robustness and randomization families (issue 18)
+    "max_sensitivity": MaxSensitivity,
+    "local_lipschitz": LocalLipschitz,
+    "relative_input_stability": RelativeInputStability,
+    "relative_output_stability": RelativeOutputStability,
+    "relative_representation_stability": RelativeRepresentationStability,
+    "continuity": Continuity,
+    "emprt": EfficientMPRT,
+    "smprt": SmoothMPRT,
+    "random_logit": RandomLogit,
 }
 
 
