@@ -11,6 +11,7 @@ from evalcam.metrics.base import EvalBatch, Metric
 from evalcam.metrics.causal import Deletion, Insertion
 from evalcam.metrics.confidence import AverageDrop
 from evalcam.metrics.faithfulness import OcclusionFaithfulness
+from evalcam.metrics.faithfulness_family import FAITHFULNESS_FAMILY
 from evalcam.metrics.localization import WeakLocalization
 from evalcam.metrics.maxboxacc import MaxBoxAcc
 from evalcam.metrics.pointing import EnergyPointingGame, PointingGame
@@ -28,6 +29,7 @@ METRICS: dict[str, type[Metric]] = {
     "avg_drop": AverageDrop,
     "robustness": AdversarialRobustness,
     "sanity": CascadingRandomization,
+    **FAITHFULNESS_FAMILY,
 }
 
 
