@@ -59,6 +59,12 @@ class IROF(FaithfulMetric):
         device = batch.inputs.device
         labels = [torch.from_numpy(s.astype(np.int64)).to(device) for s in self.segments(batch)]
         counts = [int(s.max()) + 1 for s in labels]
+        for sample, count in zip(batch.samples, counts, strict=True):
+            if count < 2:
+                raise ValueError(
+                    f"{self.name}: SLIC found one segment in image {sample.image_id}; "
+                    "raise n_segments or lower compactness"
+                )
         width = max(counts)
         groups = torch.stack(
             [region_rank(c[None], s, width, "mean")[0] for c, s in zip(cams, labels, strict=True)]
