@@ -50,7 +50,9 @@ class Infidelity(FaithfulMetric):
         if self.patch_size < 1 or self.stride < 1:
             raise ValueError(f"{self.name}: patch_size and stride must be >= 1 pixel")
         if baseline in ("uniform", "blur", "image_mean"):
-            raise ValueError(f"{self.name}: baseline={baseline!r} is not a constant colour; use mean/black/grey")
+            raise ValueError(
+                f"{self.name}: baseline={baseline!r} is not a constant colour; use mean, black, a grey level"
+            )
         use_incremental(incremental, torch.device("cpu"))
         self.baseline, self.scaled, self.score = baseline, bool(scaled), score
         self.chunk_size, self.incremental = int(chunk_size), incremental
