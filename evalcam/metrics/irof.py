@@ -9,8 +9,11 @@ channels, as Quantus). The class score relative to the clean one, ``r_k = f_k / 
 (``r_0 = 1``), is the degradation curve; IROF is the area over it, ``aoc = 1 - AUC`` with ``x = k / n``
 (higher is better). Images have different segment counts: all their steps run in one stream of forwards.
 
-Quantus's ``IROF`` omits ``r_0`` and does not normalize the x-axis: it reports ``n - trapz(r_1..r_n)``,
-which the parity test checks against this curve; the paper's area is over the normalized curve, as here.
+Quantus's ``IROF`` (0.6) omits ``r_0`` and does not normalize the x-axis: it reports
+``n - trapz(r_1..r_n)``, minus ``r_n / 2`` for images with fewer segments than the largest count of their
+batch (it integrates over zero padding), so its value depends on the batch; its default mask replacement
+also refuses colour images, and its "mean" baseline is the mean of the whole, already perturbed, batch.
+The parity test pins all this against the curve here; the paper's area is over the normalized curve.
 """
 
 from __future__ import annotations
