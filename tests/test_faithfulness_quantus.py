@@ -17,6 +17,8 @@ quantus = pytest.importorskip("quantus")
 if not hasattr(np, "trapz"):  # Quantus 0.6 calls np.trapz, removed in NumPy 2.4
     np.trapz = np.trapezoid
 
+from test_metrics_faithfulness_family import ConvToy, make_batch  # noqa: E402
+
 from evalcam.metrics.faithful_base import input_cams  # noqa: E402
 from evalcam.metrics.faithfulness_correlation import FaithfulnessCorrelation  # noqa: E402
 from evalcam.metrics.faithfulness_estimate import FaithfulnessEstimate  # noqa: E402
@@ -25,7 +27,6 @@ from evalcam.metrics.monotonicity_correlation import MonotonicityCorrelation  # 
 from evalcam.metrics.pixel_flipping import PixelFlipping  # noqa: E402
 from evalcam.metrics.region_perturbation import RegionPerturbation  # noqa: E402
 from evalcam.metrics.road import linear_imputation  # noqa: E402
-from test_metrics_faithfulness_family import ConvToy, make_batch  # noqa: E402
 
 SIZE = 24
 TOL = 1e-5
