@@ -12,7 +12,7 @@ from evalcam.metrics.faithfulness_bench import bench_rows, format_rows
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=48)
     parser.add_argument("--metrics", nargs="*", default=None)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))

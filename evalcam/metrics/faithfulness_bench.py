@@ -70,7 +70,8 @@ def bench_batch(images: int = 8, model_name: str = "efficientnet_lite0", seed: i
 def _settings(steps: int) -> dict[str, tuple[dict[str, Any], Callable[[Any], Any] | None, dict[str, Any]]]:
     """Per metric: evalcam params, the Quantus class getter and its params (same protocol)."""
     pixels = 224 * 224
-    side = 224 // int(steps**0.5)  # infidelity: about ``steps`` squares
+    # infidelity: about ``steps`` squares of a side dividing 224 (Quantus 0.6 fails when it must pad)
+    side = min((d for d in range(1, 225) if 224 % d == 0), key=lambda d: abs((224 // d) ** 2 - steps))
     return {
         "pixel_flipping": (
             {"steps": steps, "baseline": "mean"},
@@ -116,8 +117,14 @@ def _settings(steps: int) -> dict[str, tuple[dict[str, Any], Callable[[Any], Any
     }
 
 
-def bench_rows(images: int = 8, steps: int = 16, metrics: list[str] | None = None) -> list[dict[str, Any]]:
-    """Per metric: ``evalcam_s``, ``quantus_s``, ``ratio`` and the images each side ran through the model."""
+def bench_rows(images: int = 8, steps: int = 48, metrics: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per metric: ``evalcam_s``, ``quantus_s``, ``ratio`` and the images each side ran through the model.
+
+    ``steps`` (perturbation steps, runs or segments per image) must be ``3 m`` with ``m`` dividing 224*224:
+    Quantus counts features per channel and wants a step that divides H*W (12, 24, 48, 96, ...).
+    """
+    if steps % 3 or (224 * 224) % (steps // 3):
+        raise ValueError(f"steps={steps} must be 3*m with m dividing 224*224 (12, 24, 48, 96, ...)")
     batch = bench_batch(images)
     counter = CountingModel(batch.bundle.model).eval()
     batch.bundle.model = counter
@@ -135,7 +142,9 @@ def bench_rows(images: int = 8, steps: int = 16, metrics: list[str] | None = Non
     for name, (ours, peer, theirs) in _settings(steps).items():
         if metrics and name not in metrics:
             continue
-        (metric,) = build_metrics({name: ours}, "cpu")
+        # chunks as large as Quantus's batches: both sides run forwards of the same shape
+        params = {**ours, "chunk_size": images} if name != "sufficiency" else ours
+        (metric,) = build_metrics({name: params}, "cpu")
         counter.images = 0
         start = time.perf_counter()
         metric.update(batch)
@@ -153,17 +162,15 @@ def bench_rows(images: int = 8, steps: int = 16, metrics: list[str] | None = Non
             metric_q = peer(quantus)(normalise=False, abs=False, disable_warnings=True, **theirs)
             counter.images = 0
             start = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                metric_q(
-                    model=counter,
-                    x_batch=x,
-                    y_batch=y,
-                    a_batch=a,
-                    device="cpu",
-                    softmax=True,
-                    batch_size=images,
-                )
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    kwargs = {"device": "cpu", "softmax": True, "batch_size": images}
+                    metric_q(model=counter, x_batch=x, y_batch=y, a_batch=a, **kwargs)
+            except Exception as err:  # a peer failure is a row note, not a lost table
+                row["note"] = f"Quantus failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
+                rows.append(row)
+                continue
             row["quantus_s"] = time.perf_counter() - start
             row["quantus_forwards"] = counter.images
             row["ratio"] = row["quantus_s"] / max(row["evalcam_s"], 1e-9)
@@ -174,8 +181,8 @@ def bench_rows(images: int = 8, steps: int = 16, metrics: list[str] | None = Non
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """A markdown table of :func:`bench_rows`."""
     lines = [
-        "| metric | evalcam s | forwards | Quantus s | forwards | Quantus / evalcam |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| metric | evalcam s | forwards | Quantus s | forwards | Quantus / evalcam | note |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
 
@@ -185,6 +192,6 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         quantus_cells = f"{cell(r['quantus_s'], '.2f')} | {cell(r['quantus_forwards'], 'd')}"
         lines.append(
             f"| {r['metric']} | {r['evalcam_s']:.2f} | {r['evalcam_forwards']} | {quantus_cells} "
-            f"| {cell(r['ratio'], '.2f')}x |"
+            f"| {cell(r['ratio'], '.2f')}x | {r.get('note', '')} |"
         )
     return "\n".join(lines)

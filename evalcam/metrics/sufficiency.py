@@ -26,7 +26,7 @@ def normalized_distances(maps: torch.Tensor) -> torch.Tensor:
     """``[B, B]`` seuclidean distances of ``|maps|`` / max, divided by the largest distance."""
     flat = maps.flatten(1).double().abs()
     flat = flat / flat.amax(1, keepdim=True).clamp_min(1e-300)
-    variance = flat.var(0, unbiased=True) if flat.shape[0] > 1 else torch.zeros(flat.shape[1])
+    variance = flat.var(0, unbiased=True) if flat.shape[0] > 1 else torch.zeros_like(flat[0])
     keep = variance > 0
     scaled = flat[:, keep] / variance[keep].sqrt()
     distance = torch.cdist(scaled, scaled, compute_mode="donot_use_mm_for_euclid_dist")
