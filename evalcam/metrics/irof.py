@@ -14,6 +14,10 @@ Quantus's ``IROF`` (0.6) omits ``r_0`` and does not normalize the x-axis: it rep
 batch (it integrates over zero padding), so its value depends on the batch; its default mask replacement
 also refuses colour images, and its "mean" baseline is the mean of the whole, already perturbed, batch.
 The parity test pins all this against the curve here; the paper's area is over the normalized curve.
+
+A degenerate map (NaN/Inf, constant, or negative everywhere) is counted in ``degenerate_maps`` and still
+scored: non-finite values count as 0 and ties fall back to raster order (see
+:mod:`evalcam.metrics.faithful_base`).
 """
 
 from __future__ import annotations

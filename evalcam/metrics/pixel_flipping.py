@@ -12,6 +12,10 @@ MoRF) and ``aopc = mean_k (f_0 - f_k)`` over ``k = 0..steps`` (Samek et al.'s AO
 MoRF). Quantus's ``PixelFlipping`` returns ``f_1 .. f_steps`` (no clean point) with its "black" baseline
 the image minimum; with the same baseline value, maps without ties and ``features_in_step = 3 * H*W/steps``
 its curve equals ``f_1 .. f_steps`` here (``tests/test_faithfulness_quantus.py``).
+
+A degenerate map (NaN/Inf, constant, or negative everywhere) is counted in ``degenerate_maps`` and still
+scored: non-finite values count as 0 and ties fall back to raster order (see
+:mod:`evalcam.metrics.faithful_base`).
 """
 
 from __future__ import annotations

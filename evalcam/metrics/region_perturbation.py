@@ -10,6 +10,10 @@ per image and step) and the class score is read after each: ``f_0`` (clean) .. `
 Logged per image: ``aopc = 1/(L+1) sum_{k=0..L} (f_0 - f_k)`` (the paper's AOPC, higher is better for
 MoRF) and ``final_drop = f_0 - f_L``. Quantus's ``RegionPerturbation`` returns the drops ``f_0 - f_k`` for
 ``k = 1..L`` (its AOPC would be their mean, i.e. ``(L+1)/L`` times the paper's); the parity test pins this.
+
+A degenerate map (NaN/Inf, constant, or negative everywhere) is counted in ``degenerate_maps`` and still
+scored: non-finite values count as 0 and ties fall back to raster order (see
+:mod:`evalcam.metrics.faithful_base`).
 """
 
 from __future__ import annotations

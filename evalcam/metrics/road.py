@@ -20,6 +20,10 @@ Logged per image, each a mean over the percentages: ``morf_acc``, ``morf_prob`` 
 ``lerf_acc``, ``lerf_prob`` (higher is better). The imputation is a CPU sparse solve (scipy), as in the
 reference; forwards run chunked on the metric's device. Quantus's ``ROAD`` imputes in the network's input
 space, only MoRF, accuracy only, with ``int(H*W*p/100)`` features of the channel-broadcast map.
+
+A degenerate map (NaN/Inf, constant, or negative everywhere) is counted in ``degenerate_maps`` and still
+scored: non-finite values count as 0 and ties fall back to raster order (see
+:mod:`evalcam.metrics.faithful_base`).
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ neighbours are the *other* images at distance ``<= threshold``; its value is the
 same top-1 predicted class (higher is better), 0 when it has none (as Quantus; counted in
 ``no_neighbours``). No extra forward is needed. The value depends on which images share a batch, as in
 Quantus; the paper's dataset-level version would compare each image with all others.
+
+A degenerate map (NaN/Inf, constant, or negative everywhere) is counted in ``degenerate_maps`` and still
+scored: non-finite values count as 0 and ties fall back to raster order (see
+:mod:`evalcam.metrics.faithful_base`).
 """
 
 from __future__ import annotations
