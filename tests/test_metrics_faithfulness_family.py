@@ -444,3 +444,13 @@ def test_seeded_metrics_do_not_depend_on_batching():
             for key, value in a.items():
                 # up to float round-off of batched kernels (correlations of small drops amplify it)
                 assert b[key] == pytest.approx(value, abs=1e-4), (name, key)
+
+
+def test_bench_refuses_step_counts_quantus_cannot_match():
+    from evalcam.metrics.faithfulness_bench import bench_rows, format_rows
+
+    with pytest.raises(ValueError, match=r"steps=16 must be 3\*m with m dividing 224\*224"):
+        bench_rows(images=1, steps=16)
+    row = {"metric": "irof", "evalcam_s": 1.5, "evalcam_forwards": 12, "quantus_s": None}
+    row |= {"quantus_forwards": None, "ratio": None, "note": "no peer"}
+    assert format_rows([row]).splitlines()[-1] == "| irof | 1.50 | 12 | n/a | n/a | n/a | no peer |"

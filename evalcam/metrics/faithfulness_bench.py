@@ -192,6 +192,6 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         quantus_cells = f"{cell(r['quantus_s'], '.2f')} | {cell(r['quantus_forwards'], 'd')}"
         lines.append(
             f"| {r['metric']} | {r['evalcam_s']:.2f} | {r['evalcam_forwards']} | {quantus_cells} "
-            f"| {cell(r['ratio'], '.2f')}x | {r.get('note', '')} |"
+            f"| {cell(r['ratio'], '.2f')}{'' if r['ratio'] is None else 'x'} | {r.get('note', '')} |"
         )
     return "\n".join(lines)
