@@ -35,6 +35,14 @@ PARAMS: dict[str, dict] = {
     "attribution_localisation": {"boxes_as_masks": True},
     "topk_intersection": {"boxes_as_masks": True, "k": 20},
     "mask_auc": {"boxes_as_masks": True},
+    "road": {"percentages": [30, 70]},
+    "irof": {"n_segments": 100, "compactness": 0.1},
+    "pixel_flipping": {"steps": 8},
+    "region_perturbation": {"patch_size": 8, "regions": 3},
+    "faithfulness_correlation": {"runs": 4, "subset_size": 8},
+    "faithfulness_estimate": {"steps": 8},
+    "monotonicity_correlation": {"steps": 4, "samples": 2},
+    "infidelity": {"patch_size": 8, "stride": 8},
 }
 
 

@@ -57,7 +57,12 @@ def quantus_tables(args: argparse.Namespace, device: torch.device) -> list[dict[
 
     robust = robustness_metrics.bench_rows(args.batch_size, samples=4, device=str(device))
     print("\n" + robustness_metrics.format_rows(robust))
-    return rows + robust
+    from evalcam.bench import faithfulness_metrics
+
+    # Quantus accepts 3 m steps with m dividing 224 * 224; 12 keeps the table to minutes on a CPU.
+    faithful = faithfulness_metrics.bench_rows(images=args.batch_size, steps=12 if args.quick else 48)
+    print("\n" + faithfulness_metrics.format_rows(faithful))
+    return rows + robust + faithful
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -14,7 +14,11 @@ from evalcam.metrics.confidence import AverageDrop
 from evalcam.metrics.continuity import Continuity
 from evalcam.metrics.emprt import EfficientMPRT
 from evalcam.metrics.faithfulness import OcclusionFaithfulness
+from evalcam.metrics.faithfulness_correlation import FaithfulnessCorrelation
+from evalcam.metrics.faithfulness_estimate import FaithfulnessEstimate
 from evalcam.metrics.focus import Focus
+from evalcam.metrics.infidelity import Infidelity
+from evalcam.metrics.irof import IROF
 from evalcam.metrics.local_lipschitz import LocalLipschitz
 from evalcam.metrics.localization import WeakLocalization
 from evalcam.metrics.mask_localization import (
@@ -26,16 +30,21 @@ from evalcam.metrics.mask_localization import (
 )
 from evalcam.metrics.max_sensitivity import MaxSensitivity
 from evalcam.metrics.maxboxacc import MaxBoxAcc
+from evalcam.metrics.monotonicity_correlation import MonotonicityCorrelation
+from evalcam.metrics.pixel_flipping import PixelFlipping
 from evalcam.metrics.pointing import EnergyPointingGame, PointingGame
 from evalcam.metrics.random_logit import RandomLogit
+from evalcam.metrics.region_perturbation import RegionPerturbation
 from evalcam.metrics.relative_stability import (
     RelativeInputStability,
     RelativeOutputStability,
     RelativeRepresentationStability,
 )
+from evalcam.metrics.road import ROAD
 from evalcam.metrics.robustness import AdversarialRobustness
 from evalcam.metrics.sanity import CascadingRandomization
 from evalcam.metrics.smprt import SmoothMPRT
+from evalcam.metrics.sufficiency import Sufficiency
 
 METRICS: dict[str, type[Metric]] = {
     "weak_loc": WeakLocalization,
@@ -68,6 +77,16 @@ METRICS: dict[str, type[Metric]] = {
     "emprt": EfficientMPRT,
     "smprt": SmoothMPRT,
     "random_logit": RandomLogit,
+    # faithfulness family (issue 18)
+    "road": ROAD,
+    "irof": IROF,
+    "pixel_flipping": PixelFlipping,
+    "region_perturbation": RegionPerturbation,
+    "faithfulness_correlation": FaithfulnessCorrelation,
+    "faithfulness_estimate": FaithfulnessEstimate,
+    "monotonicity_correlation": MonotonicityCorrelation,
+    "sufficiency": Sufficiency,
+    "infidelity": Infidelity,
 }
 
 

@@ -1,0 +1,19 @@
+"""Print evalcam's faithfulness family against Quantus (time ratios, forwards), Lite0, CPU."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from evalcam.bench.faithfulness_metrics import bench_rows, format_rows
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=48)
+    parser.add_argument("--metrics", nargs="*", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    print(format_rows(bench_rows(args.images, args.steps, args.metrics)))

@@ -1,0 +1,99 @@
+"""Faithfulness correlation (Bhatt, Weller & Moura, "Evaluating and Aggregating Feature-based Model
+Explanations", IJCAI 2020).
+
+For the top-1 predicted class ``c`` of each image, ``runs`` random subsets of ``subset_size`` pixels
+(all channels) are drawn (a generator seeded by ``seed`` and the image id); each subset is replaced by the
+``baseline`` and the drop ``f(x) - f(x_S)`` of the class score is recorded next to the sum of the
+upsampled map over ``S``. The image's value is the Pearson correlation of the two over the runs (higher is
+better). A degenerate map (constant, NaN, ...) or a constant drop has no correlation: it scores 0 and is
+counted in ``degenerate_maps``.
+
+Quantus's ``FaithfulnessCorrelation`` draws subsets of single *features* of the channel-broadcast map
+(channel values of one pixel can be split); with subsets of whole pixels (indices of all channels of a
+pixel, ``subset_size x C`` features) it computes the same number (``tests/test_faithfulness_quantus.py``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from evalcam.metrics.base import EvalBatch
+from evalcam.metrics.faithful_base import FaithfulMetric, input_cams
+from evalcam.metrics.imputation import (
+    Baseline,
+    check_count,
+    image_keys,
+    image_seed,
+    masked_scores,
+)
+from evalcam.metrics.perturb import class_scores, model_of
+from evalcam.metrics.stats import pearson
+
+
+def random_subsets(seeds: list[int], runs: int, pixels: int, size: int) -> torch.Tensor:
+    """``[B, runs, size]`` pixel indices, each row drawn without replacement from ``0..pixels-1``."""
+    out = torch.empty(len(seeds), runs, size, dtype=torch.long)
+    for i, seed in enumerate(seeds):
+        generator = torch.Generator().manual_seed(seed)
+        for r in range(runs):
+            out[i, r] = torch.randperm(pixels, generator=generator)[:size]
+    return out
+
+
+class FaithfulnessCorrelation(FaithfulMetric):
+    name = "faithfulness_correlation"
+    keys: ClassVar[tuple[str, ...]] = ("pearson",)
+    higher_is_better: ClassVar[dict[str, bool]] = {"pearson": True}
+
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        runs: int = 100,
+        subset_size: int = 224,
+        baseline: str | float = "mean",
+        score: str = "prob",
+        chunk_size: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(device)
+        self.runs, self.subset_size = int(runs), int(subset_size)
+        if self.runs < 2:
+            raise ValueError(f"{self.name}: runs={runs} must be >= 2 to correlate")
+        self.baseline, self.score, self.chunk_size, self.seed = baseline, score, int(chunk_size), int(seed)
+
+    def subsets(self, batch: EvalBatch) -> torch.Tensor:
+        height, width = batch.inputs.shape[-2:]
+        size = check_count(self.name, "subset_size", self.subset_size, int(height * width))
+        seeds = [image_seed(self.seed, key) for key in image_keys(batch)]
+        return random_subsets(seeds, self.runs, int(height * width), size)
+
+    def values(self, batch: EvalBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        cams, degenerate = input_cams(batch)
+        inputs = batch.inputs
+        height, width = inputs.shape[-2:]
+        subsets = self.subsets(batch).to(inputs.device)
+
+        def mask_of(image: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            mask = torch.zeros(len(image), height * width, dtype=torch.bool, device=inputs.device)
+            mask.scatter_(1, subsets[image, k], True)
+            return mask.view(-1, 1, height, width)
+
+        classes = batch.pred_classes[:, 0].to(inputs.device)
+        perturbed = masked_scores(
+            model_of(batch),
+            inputs,
+            classes,
+            self.runs,
+            mask_of,
+            Baseline(self.baseline, batch, self.seed),
+            self.score,
+            self.chunk_size,
+        )
+        clean = class_scores(batch.logits.to(inputs.device), classes, self.score).double()
+        drops = clean[:, None] - perturbed
+        sums = cams.flatten(1).gather(1, subsets.flatten(1)).view_as(subsets).sum(-1)
+        rho, valid = pearson(sums, drops)
+        valid = valid & ~degenerate.to(valid.device)
+        return {"pearson": torch.where(valid, rho, torch.zeros_like(rho))}, degenerate | ~valid
