@@ -27,6 +27,9 @@ from evalcam.methods import METHODS, TopK, build_explainer
 from evalcam.metrics import build_metrics
 from evalcam.metrics.base import explain_batch
 from evalcam.models import load_model
+from evalcam.naming import run_name as _named
+from evalcam.proxy_heads import apply_head
+from evalcam.requirements import check_requirements, typed_overrides
 from evalcam.results import ResultStore, storage_error, write_atomic
 from evalcam.tracking import TrackingUnavailable, flatten, log_run_dir
 
@@ -70,11 +73,15 @@ def distributed_rank() -> tuple[int, int]:
 
 
 def run_name(config: dict[str, Any]) -> str:
-    return "·".join((config["method"]["name"], config["model"]["name"], config["dataset"]["name"]))
+    return _named(config)
 
 
 def run_directory(config: dict[str, Any]) -> Path:
-    identity = json.dumps({k: config.get(k) for k in RESULT_KEYS}, sort_keys=True, default=str)
+    identity_of = {k: config.get(k) for k in RESULT_KEYS}
+    if isinstance(identity_of.get("model"), dict) and identity_of["model"].get("head") is None:
+        # model.head=null is the model's own head: folders of runs from before the key existed still match.
+        identity_of["model"] = {k: v for k, v in identity_of["model"].items() if k != "head"}
+    identity = json.dumps(identity_of, sort_keys=True, default=str)
     digest = hashlib.sha1(identity.encode()).hexdigest()[:10]
     name = "__".join(
         (
@@ -91,15 +98,9 @@ def _kwargs(section: dict[str, Any], drop: tuple[str, ...] = ("name",)) -> dict[
     return {k: v for k, v in section.items() if k not in drop and v is not None}
 
 
-def check_compatible(metrics, dataset, bundle) -> None:
+def check_compatible(metrics, dataset, bundle, overrides: list[str] | None = None) -> None:
     """Mistakes that would only surface mid-run (or silently skew numbers), reported before any work."""
-    if not getattr(dataset, "has_masks", False):
-        needing = [m.name for m in metrics if getattr(m, "needs_masks", False)]
-        if needing:
-            raise ValueError(
-                f"metric(s) {', '.join(needing)} need segmentation masks, but dataset {dataset.name} has "
-                f"boxes only; use a dataset with masks (coco2014, coco2017) or drop these metrics"
-            )
+    check_requirements(metrics, dataset, bundle, overrides or [])
     classes = len(dataset.class_names)
     for metric in metrics:
         limit = getattr(metric, "num_classes", None)
@@ -108,13 +109,6 @@ def check_compatible(metrics, dataset, bundle) -> None:
                 f"metrics.{metric.name}.num_classes={limit} is smaller than the {classes} classes of "
                 f"{dataset.name}; set metrics.{metric.name}.num_classes={classes}"
             )
-    outputs = len(bundle.categories)
-    if outputs and classes > outputs and any(m.needs_gt_maps for m in metrics):
-        needing = ", ".join(m.name for m in metrics if m.needs_gt_maps)
-        raise ValueError(
-            f"{needing} explain the ground-truth classes 0..{classes - 1} of {dataset.name}, but model "
-            f"{bundle.name} has only {outputs} classes (0..{outputs - 1}); use a model trained on its labels"
-        )
 
 
 def annotation_warnings(table: pd.DataFrame) -> float:
@@ -138,9 +132,10 @@ def run(config: dict[str, Any]) -> RunResult:
         model_cfg["name"], device=device, target_layer=model_cfg.get("target_layer"), **model_params
     )
     dataset = build_dataset(config["dataset"]["name"], **_kwargs(config["dataset"]))
+    bundle = apply_head(model_cfg.get("head"), bundle, dataset.label_space)
     explainer = build_explainer(method_cfg["name"], bundle, **dict(method_cfg.get("params") or {}))
     metrics = build_metrics(config.get("metrics") or {}, device)
-    check_compatible(metrics, dataset, bundle)
+    check_compatible(metrics, dataset, bundle, typed_overrides(config))
     topk = max([m.pred_topk for m in metrics] + [int(config.get("topk", 5))])
     need_gt = any(m.needs_gt_maps for m in metrics)
 
@@ -281,6 +276,7 @@ def finish(
             "method_family": family,
             "paper": paper,
             "model": bundle.name,
+            "model_head": str(config["model"].get("head") or "own"),
             "dataset": config["dataset"]["name"],
             "weights": str(bundle.weights),
             "target_layer": str(bundle.target_layer),

@@ -50,6 +50,10 @@ class EvalDataset(Dataset):
     label_space: str = "imagenet"
     #: whether samples carry segmentation masks (metrics that need masks check it before a run starts)
     has_masks: bool = False
+    #: whether samples carry boxes (box and region metrics check it before a run starts)
+    has_boxes: bool = True
+    #: how to get boxes when ``has_boxes`` is False: the config keys to set
+    boxes_hint: str = ""
 
     def __init__(self) -> None:
         self.ids: list[str] = []

@@ -259,6 +259,12 @@ class ImageNetVal(EvalDataset):
         self.errors: dict[str, str] = {}
         self.paths, list_labels = self._find_images(image_list)
         self.records = self._read_annotations(annotations, list_labels)
+        # An image list gives labels only: box metrics must refuse rather than count every image a miss.
+        self.has_boxes = any(record.objects for record in self.records.values())
+        self.boxes_hint = (
+            "pass dataset.annotations=PATH (an ILSVRC2012_bbox_val XML folder, a wsolevaluation metadata "
+            "folder or LOC_val_solution.csv with boxes) or set $EVALCAM_IMAGENET_ANNOTATIONS"
+        )
         if image_sizes is not None:
             for key, size in read_sizes(Path(image_sizes)).items():
                 if key in self.records:
