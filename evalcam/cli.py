@@ -64,7 +64,11 @@ def _run_hydra(argv: list[str]) -> None:
             print(f"MLflow run {result.mlflow_run_id} (browse with: python -m evalcam ui)")
         return None
 
-    sys.argv = [sys.argv[0], *[part for arg in argv for part in pgc_override(arg)]]
+    from evalcam.overrides import check_overrides
+
+    expanded = [part for arg in argv for part in pgc_override(arg)]
+    check_overrides(expanded)  # a typo ends in one line naming the key, before Hydra's multi-line report
+    sys.argv = [sys.argv[0], *expanded]
     _main()
 
 
@@ -111,6 +115,9 @@ def _experiment(argv: list[str]) -> None:
     )
     parser.add_argument("--dry-run", action="store_true", help="list the runs' overrides and exit")
     args, overrides = parser.parse_known_args(argv)
+    from evalcam.overrides import check_overrides
+
+    check_overrides(overrides)
     if args.dry_run:
         from evalcam.experiments import load_experiment, select_points, sweep_overrides
 

@@ -254,7 +254,7 @@ class ImageNetVal(EvalDataset):
         subset_seed: int | None = None,
     ) -> None:
         super().__init__()
-        self.root = require_dir(root, "imagenet_val", LAYOUT)
+        self.root = require_dir(root, "imagenet_val", LAYOUT, "EVALCAM_IMAGENET_ROOT")
         self.class_names = imagenet_categories()
         self.errors: dict[str, str] = {}
         self.paths, list_labels = self._find_images(image_list)
@@ -320,8 +320,8 @@ class ImageNetVal(EvalDataset):
                 log.warning("imagenet_val: no annotations= given; using the image list's labels (no boxes)")
                 return {k: ImageRecord(labels={v}) for k, v in list_labels.items()}
             raise DatasetError(
-                f"imagenet_val: no annotations given (annotations= or "
-                f"EVALCAM_IMAGENET_ANNOTATIONS); expected {LAYOUT}"
+                f"imagenet_val: no annotations given; pass dataset.annotations=PATH or set "
+                f"$EVALCAM_IMAGENET_ANNOTATIONS; expected {LAYOUT}"
             )
         source = Path(annotations).expanduser()
         if source.is_file() and source.suffix.lower() == ".csv":
