@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from evalcam.tracking import TrackingUnavailable
@@ -25,6 +26,13 @@ commands:
   figure figure1|grid [--image ID] [--classes A,B] [--methods m1,m2] [--model M] [--dataset D]
                        [--limit N] [--out PATH] [--mlflow] [--tracking-uri URI]
                        Grad-CAM Figure-1 grid (two classes of one image) or a per-method heatmap grid
+"""
+
+LAYERS_HELP = """usage: python -m evalcam layers [model=NAME] [model.weights=PATH]
+
+List the layers of a model (name and module type) usable as model.target_layer, then its default target
+layer. model= is any name of conf/model (default efficientnet_lite0); torchvision architectures need no
+weights file for this (their layer names do not depend on the weights).
 """
 
 # Configuration and input mistakes: reported as one line that says what is valid, never a traceback.
@@ -76,6 +84,14 @@ def _layers(argv: list[str]) -> None:
     from evalcam.models import load_model
     from evalcam.models.torchvision_models import ARCHITECTURES
 
+    if any(a in {"-h", "--help"} for a in argv):
+        print(LAYERS_HELP)
+        return
+    unknown = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in {"model", "model.weights"}]
+    if unknown:
+        raise ValueError(
+            f"layers takes model=NAME and model.weights=PATH, not {' '.join(unknown)}; see layers --help"
+        )
     options = dict(a.split("=", 1) for a in argv if "=" in a)
     name = options.get("model", "efficientnet_lite0")
     kwargs = {}
@@ -160,6 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(USAGE)
         return
+    if argv[0] in {"--version", "-V", "version"}:
+        from evalcam import __version__
+
+        print(f"evalcam {__version__}")
+        return
     command, rest = argv[0], argv[1:]
     try:
         if command == "run":
@@ -191,6 +212,14 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         # The runner has already said how many images are saved and how to resume.
         raise SystemExit(130) from None
+    except Exception as err:
+        from evalcam.tracking import store_refusal
+
+        # MLflow refusing its store (file:// in MLflow 3) is a configuration mistake too: one line, the fix.
+        refusal = store_refusal(err, os.environ.get("MLFLOW_TRACKING_URI"))
+        if refusal is None:
+            raise
+        raise SystemExit(f"evalcam: error: {refusal}") from None
 
 
 if __name__ == "__main__":

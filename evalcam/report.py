@@ -125,8 +125,16 @@ def collect(
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(spec["mlflow_experiment"])
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(spec["mlflow_experiment"])
+    except Exception as err:
+        from evalcam.tracking import store_refusal
+
+        refusal = store_refusal(err, uri)
+        if refusal is None:
+            raise
+        raise refusal from err
     if experiment is None:
         raise ValueError(
             f"MLflow store {uri} has no experiment {spec['mlflow_experiment']!r}; run "

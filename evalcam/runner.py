@@ -111,6 +111,14 @@ def check_compatible(metrics, dataset, bundle, overrides: list[str] | None = Non
             )
 
 
+def previous_seconds(run_dir: Path, default: float) -> float:
+    """``run/seconds`` of the summary a finished run left in ``run_dir``, else ``default``."""
+    try:
+        return float(json.loads((run_dir / "summary.json").read_text())["metrics"]["run/seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+
+
 def annotation_warnings(table: pd.DataFrame) -> float:
     """Number of annotation problems the loaders fixed or dropped (clipped boxes, unknown classes, ...)."""
     if "warnings" not in table.columns:
@@ -156,6 +164,7 @@ def run(config: dict[str, Any]) -> RunResult:
     todo = [i for i, image_id in enumerate(dataset.ids) if image_id not in done]
     if done:
         log.info("resuming %s: %d of %d images already done", run_dir, len(done), len(dataset))
+    pending = len(todo)  # before sharding: every rank agrees whether the run had work left
     todo = todo[rank::world]  # torchrun: each process takes every world-th remaining image
 
     loader = DataLoader(
@@ -203,9 +212,11 @@ def run(config: dict[str, Any]) -> RunResult:
             metric.reset()
         else:
             metric.load_state_dict(states[metric.name])
-    result = finish(
-        config, run_dir, store, metrics, bundle, explainer, dataset, time.perf_counter() - started
-    )
+    seconds = time.perf_counter() - started
+    if not pending:
+        # Nothing was evaluated: a rerun of a finished run keeps the time the run took, not the rerun's.
+        seconds = previous_seconds(run_dir, seconds)
+    result = finish(config, run_dir, store, metrics, bundle, explainer, dataset, seconds)
     if world > 1:
         dist.destroy_process_group()
     return result
