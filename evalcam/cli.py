@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from evalcam.tracking import TrackingUnavailable
 
@@ -70,6 +71,7 @@ def _run_hydra(argv: list[str]) -> None:
             print(f"  {key:<{width}}  {value:.4f}")
         if result.mlflow_run_id:
             print(f"MLflow run {result.mlflow_run_id} (browse with: python -m evalcam ui)")
+        _record_sweep_job(result.run_dir)
         return None
 
     from evalcam.overrides import check_overrides
@@ -78,6 +80,17 @@ def _run_hydra(argv: list[str]) -> None:
     check_overrides(expanded)  # a typo ends in one line naming the key, before Hydra's multi-line report
     sys.argv = [sys.argv[0], *expanded]
     _main()
+
+
+def _record_sweep_job(run_dir) -> None:
+    """In a ``-m`` sweep, leave this job's run folder for the table printed when the sweep ends."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from evalcam.compare import record_job
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        record_job(HydraConfig.get().runtime.output_dir, run_dir)
 
 
 def _layers(argv: list[str]) -> None:
@@ -147,6 +160,13 @@ def _experiment(argv: list[str]) -> None:
         status = f"FAILED {outcome.error}" if outcome.error else f"MLflow run {outcome.run_id}"
         print(f"{' '.join(outcome.overrides)}\n    {status}")
     done = len(outcomes) - len(failed)
+    finished = [o.run_dir for o in outcomes if o.run_dir]
+    if finished:
+        from evalcam.compare import comparison_table, save_and_print, summaries_of
+
+        # Saved beside the run folders (output_dir), one table per experiment profile.
+        stem = f"{args.name}.{args.profile}.comparison"
+        save_and_print(comparison_table(summaries_of(finished)), Path(finished[0]).parent, stem)
     print(f"{done} of {len(outcomes)} runs done; report: python -m evalcam report {args.name}")
     if failed:
         raise SystemExit(1)
