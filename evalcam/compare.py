@@ -2,7 +2,7 @@
 
 One row per run (labelled by the parts of its run name that differ between the rows, so a sweep over
 methods reads ``gradcam``, ``center``, ...), one column per logged value that is compared across methods:
-the keys a metric declares in ``higher_is_better`` where it does, else every key it logs. Bookkeeping
+the keys a metric declares in ``higher_is_better`` where it does, else every key it logs but counts. Bookkeeping
 (``run/...``) is left out. The table is printed and saved as CSV and Markdown beside the runs.
 
 A Hydra sweep has no single process that sees every job's result (SLURM jobs run elsewhere), so each job
@@ -23,6 +23,8 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 POINTER = "evalcam_run.json"
+# Counts metrics log beside their values; left out where a metric declares no higher_is_better.
+COUNTS = {"images", "degenerate_maps", "evaluated", "evaluated_difficult", "classes_evaluated", "skipped"}
 
 
 def compared_keys(metrics: dict[str, float]) -> list[str]:
@@ -35,7 +37,7 @@ def compared_keys(metrics: dict[str, float]) -> list[str]:
         if prefix == "run" or not value:
             continue
         declared = getattr(METRICS.get(prefix), "higher_is_better", None)
-        if declared and value not in declared:
+        if (declared and value not in declared) or (not declared and value in COUNTS):
             continue
         keys.append(key)
     return keys
