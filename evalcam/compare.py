@@ -2,8 +2,8 @@
 
 One row per run (labelled by the parts of its run name that differ between the rows, so a sweep over
 methods reads ``gradcam``, ``center``, ...), one column per logged value that is compared across methods:
-the keys a metric declares in ``higher_is_better`` where it does, else every key it logs but counts. Bookkeeping
-(``run/...``) is left out. The table is printed and saved as CSV and Markdown beside the runs.
+the keys a metric declares in ``higher_is_better`` where it does, else every key it logs but counts.
+Bookkeeping (``run/...``) is left out. The table is printed and saved as CSV and Markdown beside the runs.
 
 A Hydra sweep has no single process that sees every job's result (SLURM jobs run elsewhere), so each job
 writes its run folder into its Hydra job folder (``evalcam_run.json``) and :class:`SweepTable`, a Hydra
