@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from evalcam.naming import run_name as _named
 from evalcam.proxy_heads import apply_head
 from evalcam.requirements import check_requirements, typed_overrides
 from evalcam.results import ResultStore, storage_error, write_atomic
-from evalcam.tracking import TrackingUnavailable, flatten, log_run_dir
+from evalcam.tracking import TrackingUnavailable, check_store, flatten, log_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,8 @@ def run(config: dict[str, Any]) -> RunResult:
     explainer = build_explainer(method_cfg["name"], bundle, **dict(method_cfg.get("params") or {}))
     metrics = build_metrics(config.get("metrics") or {}, device)
     check_compatible(metrics, dataset, bundle, typed_overrides(config))
+    if config.get("mlflow", True) and rank == 0:
+        check_store(config.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI"))
     topk = max([m.pred_topk for m in metrics] + [int(config.get("topk", 5))])
     need_gt = any(m.needs_gt_maps for m in metrics)
 

@@ -61,6 +61,26 @@ def store_refusal(err: BaseException, uri: str | None) -> TrackingUnavailable | 
     text = str(err)
     if "filesystem tracking backend" not in text and "MLFLOW_ALLOW_FILE_STORE" not in text:
         return None
+    return file_store_refusal(uri)
+
+
+def check_store(uri: str | None) -> None:
+    """Refuse, before a run does any work, a file store that the installed MLflow refuses (MLflow 3 does
+    unless MLFLOW_ALLOW_FILE_STORE=true): asking the store is the only sure test across MLflow versions."""
+    if not uri or not uri.startswith(("file:", "/", ".", "~")):
+        return
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as err:
+        refusal = store_refusal(err, uri)
+        if refusal is not None:
+            raise refusal from err
+        # Any other problem is reported when the run is logged; the results are saved either way.
+
+
+def file_store_refusal(uri: str | None) -> TrackingUnavailable:
     return TrackingUnavailable(
         f"this MLflow refuses the file store {uri or './mlruns'}; use tracking_uri={sqlite_uri_for(uri)} "
         f"(`mlflow migrate-filestore` moves runs already there) or set MLFLOW_ALLOW_FILE_STORE=true"

@@ -108,3 +108,14 @@ def test_report_refuses_to_overwrite_a_published_report_without_force():
         "evalcam: error: reports/avg_drop.md is tracked by git (a published report); pass --force to "
         "overwrite it, or --out DIR to write the new report elsewhere"
     )
+
+
+def test_a_run_with_a_refused_file_store_stops_before_any_work(tmp_path):
+    store = tmp_path / "fs"
+    done = cli("run", "dataset.limit=1", f"tracking_uri=file://{store}", f"output_dir={tmp_path / 'runs'}",
+               env={"MLFLOW_ALLOW_FILE_STORE": ""})  # fmt: skip
+    assert done.returncode == 1
+    assert last_line(done).startswith(
+        f"evalcam: error: this MLflow refuses the file store file://{store}; use tracking_uri=sqlite:///"
+    )
+    assert not list((tmp_path / "runs").glob("*/per_image/part-*")) and not store.exists()
