@@ -86,11 +86,8 @@ def check_override(arg: str) -> None:
         return
     group, _, rest = key.partition(".")
     if key in GROUPS:
+        # A command line selects metrics through conf/metrics files too; reading them spares importing torch.
         valid = group_options(key)
-        if key == "metrics":
-            from evalcam.metrics import ALIASES, METRICS
-
-            valid = tuple(sorted({*valid, *METRICS, *ALIASES}))
         for option in _values(value):
             if option not in valid and not (key == "method" and option.startswith("pgc/")):
                 noun = "metric" if key == "metrics" else key
