@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
 from evalcam.tracking import TrackingUnavailable
 
@@ -25,6 +27,13 @@ commands:
   figure figure1|grid [--image ID] [--classes A,B] [--methods m1,m2] [--model M] [--dataset D]
                        [--limit N] [--out PATH] [--mlflow] [--tracking-uri URI]
                        Grad-CAM Figure-1 grid (two classes of one image) or a per-method heatmap grid
+"""
+
+LAYERS_HELP = """usage: python -m evalcam layers [model=NAME] [model.weights=PATH]
+
+List the layers of a model (name and module type) usable as model.target_layer, then its default target
+layer. model= is any name of conf/model (default efficientnet_lite0); torchvision architectures need no
+weights file for this (their layer names do not depend on the weights).
 """
 
 # Configuration and input mistakes: reported as one line that says what is valid, never a traceback.
@@ -62,16 +71,40 @@ def _run_hydra(argv: list[str]) -> None:
             print(f"  {key:<{width}}  {value:.4f}")
         if result.mlflow_run_id:
             print(f"MLflow run {result.mlflow_run_id} (browse with: python -m evalcam ui)")
+        _record_sweep_job(result.run_dir)
         return None
 
-    sys.argv = [sys.argv[0], *[part for arg in argv for part in pgc_override(arg)]]
+    from evalcam.overrides import check_overrides
+
+    expanded = [part for arg in argv for part in pgc_override(arg)]
+    check_overrides(expanded)  # a typo ends in one line naming the key, before Hydra's multi-line report
+    sys.argv = [sys.argv[0], *expanded]
     _main()
+
+
+def _record_sweep_job(run_dir) -> None:
+    """In a ``-m`` sweep, leave this job's run folder for the table printed when the sweep ends."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from evalcam.sweep_table import record_job
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        record_job(HydraConfig.get().runtime.output_dir, run_dir)
 
 
 def _layers(argv: list[str]) -> None:
     from evalcam.models import load_model
     from evalcam.models.torchvision_models import ARCHITECTURES
 
+    if any(a in {"-h", "--help"} for a in argv):
+        print(LAYERS_HELP)
+        return
+    unknown = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in {"model", "model.weights"}]
+    if unknown:
+        raise ValueError(
+            f"layers takes model=NAME and model.weights=PATH, not {' '.join(unknown)}; see layers --help"
+        )
     options = dict(a.split("=", 1) for a in argv if "=" in a)
     name = options.get("model", "efficientnet_lite0")
     kwargs = {}
@@ -111,6 +144,9 @@ def _experiment(argv: list[str]) -> None:
     )
     parser.add_argument("--dry-run", action="store_true", help="list the runs' overrides and exit")
     args, overrides = parser.parse_known_args(argv)
+    from evalcam.overrides import check_overrides
+
+    check_overrides(overrides)
     if args.dry_run:
         from evalcam.experiments import load_experiment, select_points, sweep_overrides
 
@@ -124,6 +160,13 @@ def _experiment(argv: list[str]) -> None:
         status = f"FAILED {outcome.error}" if outcome.error else f"MLflow run {outcome.run_id}"
         print(f"{' '.join(outcome.overrides)}\n    {status}")
     done = len(outcomes) - len(failed)
+    finished = [o.run_dir for o in outcomes if o.run_dir]
+    if finished:
+        from evalcam.sweep_table import comparison_table, save_and_print, summaries_of
+
+        # Saved beside the run folders (output_dir), one table per experiment profile.
+        stem = f"{args.name}.{args.profile}.comparison"
+        save_and_print(comparison_table(summaries_of(finished)), Path(finished[0]).parent, stem)
     print(f"{done} of {len(outcomes)} runs done; report: python -m evalcam report {args.name}")
     if failed:
         raise SystemExit(1)
@@ -152,6 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(USAGE)
+        return
+    if argv[0] in {"--version", "-V", "version"}:
+        from evalcam import __version__
+
+        print(f"evalcam {__version__}")
         return
     command, rest = argv[0], argv[1:]
     try:
@@ -184,6 +232,14 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         # The runner has already said how many images are saved and how to resume.
         raise SystemExit(130) from None
+    except Exception as err:
+        from evalcam.tracking import store_refusal
+
+        # MLflow refusing its store (file:// in MLflow 3) is a configuration mistake too: one line, the fix.
+        refusal = store_refusal(err, os.environ.get("MLFLOW_TRACKING_URI"))
+        if refusal is None:
+            raise
+        raise SystemExit(f"evalcam: error: {refusal}") from None
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ class RunOutcome:
     overrides: list[str]
     run_id: str | None = None
     error: str | None = None
+    run_dir: str | None = None
 
 
 def select_points(points: Sequence[list[str]], only: Sequence[str] = ()) -> list[list[str]]:
@@ -144,5 +145,7 @@ def run_experiment(
         if config.get("mlflow", True) and not result.mlflow_run_id:
             # The report reads MLflow only: a run that is not there is missing from the table.
             error = f"not logged to MLflow; results in {result.run_dir} (python -m evalcam log RUN_DIR)"
-        outcomes.append(RunOutcome(list(overrides), run_id=result.mlflow_run_id, error=error))
+        outcomes.append(
+            RunOutcome(list(overrides), run_id=result.mlflow_run_id, error=error, run_dir=str(result.run_dir))
+        )
     return outcomes

@@ -12,7 +12,8 @@ Classes without any ImageNet counterpart (19 COCO classes, e.g. giraffe, fork) g
 their score is constant, class-specific maps are flat and the pointing game counts them as misses
 (``degenerate_maps``), while class-agnostic baselines (center) are unaffected. Reports must say so.
 
-Use through ``model=custom``::
+Use with any ImageNet model that has a GAP+FC head: ``model.head=proxy`` takes the dataset's label space
+(``python -m evalcam run dataset=voc2007 metrics=[pointing] model.head=proxy``); or through ``model=custom``::
 
     model=custom model.params._target_=evalcam.proxy_heads.proxy_model \
         +model.params.base=efficientnet_lite0 +model.params.label_space=voc model.target_layer=head_act
@@ -173,7 +174,12 @@ def proxy_matrix(label_space: str, num_imagenet: int = 1000) -> torch.Tensor:
 
 def proxy_model(base: str = "efficientnet_lite0", label_space: str = "voc") -> ModelBundle:
     """``base`` (an ImageNet model with a GAP+FC head) whose classifier now scores ``label_space``."""
-    bundle = load_model(base)
+    return to_proxy(load_model(base), label_space)
+
+
+def to_proxy(bundle: ModelBundle, label_space: str) -> ModelBundle:
+    """``bundle`` (ImageNet classes, GAP+FC head) with its classifier replaced by a ``label_space`` proxy."""
+    base = bundle.name
     if not bundle.classifier:
         raise ValueError(f"proxy heads need a GAP+FC model; {base} names no classifier")
     fc = bundle.model.get_submodule(bundle.classifier)
@@ -190,3 +196,23 @@ def proxy_model(base: str = "efficientnet_lite0", label_space: str = "voc") -> M
     bundle.categories = list(LABEL_SPACES[label_space])
     bundle.weights = f"{bundle.weights} (ImageNet head averaged into {label_space} classes)"
     return bundle
+
+
+def apply_head(head: str | None, bundle: ModelBundle, label_space: str) -> ModelBundle:
+    """``model.head=``: null keeps the model's own classifier; ``proxy`` re-reads an ImageNet head in the
+    dataset's label space (``voc`` or ``coco``) as :func:`to_proxy` describes."""
+    if head in (None, "", "own"):
+        return bundle
+    if head != "proxy":
+        raise ValueError(f"model.head={head} is not a head; use model.head=proxy or leave model.head unset")
+    if label_space not in LABEL_SPACES:
+        raise ValueError(
+            f"model.head=proxy maps ImageNet classes onto VOC or COCO classes, but this dataset already "
+            f"uses {label_space} classes; drop model.head=proxy"
+        )
+    if len(bundle.categories) != 1000:
+        raise ValueError(
+            f"model.head=proxy needs a model with an ImageNet-1k head; {bundle.name} has "
+            f"{len(bundle.categories)} outputs, drop model.head=proxy"
+        )
+    return to_proxy(bundle, label_space)

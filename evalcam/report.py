@@ -125,8 +125,16 @@ def collect(
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(spec["mlflow_experiment"])
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(spec["mlflow_experiment"])
+    except Exception as err:
+        from evalcam.tracking import store_refusal
+
+        refusal = store_refusal(err, uri)
+        if refusal is None:
+            raise
+        raise refusal from err
     if experiment is None:
         raise ValueError(
             f"MLflow store {uri} has no experiment {spec['mlflow_experiment']!r}; run "
@@ -398,6 +406,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--experiments-dir", default=None)
     parser.add_argument("--out", default="reports")
     parser.add_argument("--run-id", action="append", help="report these runs only (repeatable)")
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite report files that git tracks (the published reports)"
+    )
     args, rest = parser.parse_known_args(argv)
     # The experiment's own override syntax works too, so one `tracking_uri=...` serves both commands.
     overrides = dict(a.split("=", 1) for a in rest if "=" in a)
@@ -406,7 +417,39 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     spec = load_experiment(args.name, args.experiments_dir)
     uri = args.tracking_uri or overrides.get("tracking_uri")
+    targets = [Path(args.out) / f"{spec['name']}.{ext}" for ext in ("md", "html", "csv")]
+    tracked = tracked_by_git(targets)
+    if tracked and not args.force:
+        raise ValueError(
+            f"{tracked[0]} is tracked by git (a published report); pass --force to overwrite it, "
+            f"or --out DIR to write the new report elsewhere"
+        )
     report = collect(spec, uri, args.profile, args.run_id)
-    for path in write_report(report, args.out).values():
+    paths = write_report(report, args.out)
+    print(paths["md"].read_text().rstrip())  # the table just written, as it reads in reports/
+    print()
+    for path in paths.values():
         print(path)
     print(f"{len(report.rows)} run(s) from {report.tracking_uri}")
+
+
+def tracked_by_git(paths: Sequence[Path]) -> list[Path]:
+    """Those of ``paths`` that exist and that the git repository around them tracks (none without git)."""
+    import subprocess
+
+    tracked = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            done = subprocess.run(
+                ["git", "ls-files", "--error-unmatch", path.name],
+                cwd=path.parent,
+                capture_output=True,
+                check=False,
+            )
+        except OSError:  # no git installed: nothing can be tracked
+            return []
+        if done.returncode == 0:
+            tracked.append(path)
+    return tracked

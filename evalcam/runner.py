@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,11 @@ from evalcam.methods import TopK, build_explainer, method_tags
 from evalcam.metrics import build_metrics
 from evalcam.metrics.base import explain_batch
 from evalcam.models import load_model
+from evalcam.naming import run_name as _named
+from evalcam.proxy_heads import apply_head
+from evalcam.requirements import check_requirements, typed_overrides
 from evalcam.results import ResultStore, storage_error, write_atomic
-from evalcam.tracking import TrackingUnavailable, flatten, log_run_dir
+from evalcam.tracking import TrackingUnavailable, check_store, flatten, log_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +66,15 @@ def distributed_rank() -> tuple[int, int]:
 
 
 def run_name(config: dict[str, Any]) -> str:
-    return "·".join((config["method"]["name"], config["model"]["name"], config["dataset"]["name"]))
+    return _named(config)
 
 
 def run_directory(config: dict[str, Any]) -> Path:
-    identity = json.dumps({k: config.get(k) for k in RESULT_KEYS}, sort_keys=True, default=str)
+    identity_of = {k: config.get(k) for k in RESULT_KEYS}
+    if isinstance(identity_of.get("model"), dict) and identity_of["model"].get("head") is None:
+        # model.head=null is the model's own head: folders of runs from before the key existed still match.
+        identity_of["model"] = {k: v for k, v in identity_of["model"].items() if k != "head"}
+    identity = json.dumps(identity_of, sort_keys=True, default=str)
     digest = hashlib.sha1(identity.encode()).hexdigest()[:10]
     name = "__".join(
         (
@@ -83,16 +91,9 @@ def _kwargs(section: dict[str, Any], drop: tuple[str, ...] = ("name",)) -> dict[
     return {k: v for k, v in section.items() if k not in drop and v is not None}
 
 
-def check_compatible(metrics, dataset, bundle) -> None:
+def check_compatible(metrics, dataset, bundle, overrides: list[str] | None = None) -> None:
     """Mistakes that would only surface mid-run (or silently skew numbers), reported before any work."""
-    if not getattr(dataset, "has_masks", False):
-        needing = [m.name for m in metrics if getattr(m, "needs_masks", False)]
-        if needing:
-            raise ValueError(
-                f"metric(s) {', '.join(needing)} need segmentation masks, but dataset {dataset.name} has "
-                f"boxes only; use a dataset with masks (coco2014, coco2017), set "
-                f"metrics.<name>.boxes_as_masks=true where the metric allows boxes, or drop these metrics"
-            )
+    check_requirements(metrics, dataset, bundle, overrides or [])
     classes = len(dataset.class_names)
     for metric in metrics:
         limit = getattr(metric, "num_classes", None)
@@ -101,13 +102,14 @@ def check_compatible(metrics, dataset, bundle) -> None:
                 f"metrics.{metric.name}.num_classes={limit} is smaller than the {classes} classes of "
                 f"{dataset.name}; set metrics.{metric.name}.num_classes={classes}"
             )
-    outputs = len(bundle.categories)
-    if outputs and classes > outputs and any(m.needs_gt_maps for m in metrics):
-        needing = ", ".join(m.name for m in metrics if m.needs_gt_maps)
-        raise ValueError(
-            f"{needing} explain the ground-truth classes 0..{classes - 1} of {dataset.name}, but model "
-            f"{bundle.name} has only {outputs} classes (0..{outputs - 1}); use a model trained on its labels"
-        )
+
+
+def previous_seconds(run_dir: Path, default: float) -> float:
+    """``run/seconds`` of the summary a finished run left in ``run_dir``, else ``default``."""
+    try:
+        return float(json.loads((run_dir / "summary.json").read_text())["metrics"]["run/seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
 
 
 def annotation_warnings(table: pd.DataFrame) -> float:
@@ -131,9 +133,12 @@ def run(config: dict[str, Any]) -> RunResult:
         model_cfg["name"], device=device, target_layer=model_cfg.get("target_layer"), **model_params
     )
     dataset = build_dataset(config["dataset"]["name"], **_kwargs(config["dataset"]))
+    bundle = apply_head(model_cfg.get("head"), bundle, dataset.label_space)
     explainer = build_explainer(method_cfg["name"], bundle, **dict(method_cfg.get("params") or {}))
     metrics = build_metrics(config.get("metrics") or {}, device)
-    check_compatible(metrics, dataset, bundle)
+    check_compatible(metrics, dataset, bundle, typed_overrides(config))
+    if config.get("mlflow", True) and rank == 0:
+        check_store(config.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI"))
     topk = max([m.pred_topk for m in metrics] + [int(config.get("topk", 5))])
     need_gt = any(m.needs_gt_maps for m in metrics)
 
@@ -154,6 +159,7 @@ def run(config: dict[str, Any]) -> RunResult:
     todo = [i for i, image_id in enumerate(dataset.ids) if image_id not in done]
     if done:
         log.info("resuming %s: %d of %d images already done", run_dir, len(done), len(dataset))
+    pending = len(todo)  # before sharding: every rank agrees whether the run had work left
     todo = todo[rank::world]  # torchrun: each process takes every world-th remaining image
 
     loader = DataLoader(
@@ -201,9 +207,11 @@ def run(config: dict[str, Any]) -> RunResult:
             metric.reset()
         else:
             metric.load_state_dict(states[metric.name])
-    result = finish(
-        config, run_dir, store, metrics, bundle, explainer, dataset, time.perf_counter() - started
-    )
+    seconds = time.perf_counter() - started
+    if not pending:
+        # Nothing was evaluated: a rerun of a finished run keeps the time the run took, not the rerun's.
+        seconds = previous_seconds(run_dir, seconds)
+    result = finish(config, run_dir, store, metrics, bundle, explainer, dataset, seconds)
     if world > 1:
         dist.destroy_process_group()
     return result
@@ -274,6 +282,7 @@ def finish(
             "method_family": family,
             "paper": paper,
             "model": bundle.name,
+            "model_head": str(config["model"].get("head") or "own"),
             "dataset": config["dataset"]["name"],
             "weights": str(bundle.weights),
             "target_layer": str(bundle.target_layer),

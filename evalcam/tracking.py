@@ -48,6 +48,45 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def sqlite_uri_for(uri: str | None) -> str:
+    """A ``sqlite:///`` store next to the file store ``uri`` (``file:///x/mlruns`` -> ``sqlite:////x/mlruns.db``)."""
+    path = (uri or "mlruns").removeprefix("file://") or "mlruns"
+    target = Path(path).expanduser().resolve()
+    return f"sqlite:///{target.parent / (target.name + '.db')}"
+
+
+def store_refusal(err: BaseException, uri: str | None) -> TrackingUnavailable | None:
+    """One line with the fix when MLflow refused a file store (MLflow >= 3.x: "filesystem tracking backend
+    ... is in maintenance mode"); None for any other error."""
+    text = str(err)
+    if "filesystem tracking backend" not in text and "MLFLOW_ALLOW_FILE_STORE" not in text:
+        return None
+    return file_store_refusal(uri)
+
+
+def check_store(uri: str | None) -> None:
+    """Refuse, before a run does any work, a file store that the installed MLflow refuses (MLflow 3 does
+    unless MLFLOW_ALLOW_FILE_STORE=true): asking the store is the only sure test across MLflow versions."""
+    if not uri or not uri.startswith(("file:", "/", ".", "~")):
+        return
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as err:
+        refusal = store_refusal(err, uri)
+        if refusal is not None:
+            raise refusal from err
+        # Any other problem is reported when the run is logged; the results are saved either way.
+
+
+def file_store_refusal(uri: str | None) -> TrackingUnavailable:
+    return TrackingUnavailable(
+        f"this MLflow refuses the file store {uri or './mlruns'}; use tracking_uri={sqlite_uri_for(uri)} "
+        f"(`mlflow migrate-filestore` moves runs already there) or set MLFLOW_ALLOW_FILE_STORE=true"
+    )
+
+
 def _check_reachable(uri: str) -> None:
     if not uri.startswith(("http://", "https://")):
         return
@@ -60,6 +99,7 @@ def _check_reachable(uri: str) -> None:
 def log_run_dir(run_dir: str | Path, tracking_uri: str | None = None) -> str:
     """Log the run directory written by the runner to MLflow; returns the MLflow run id."""
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -67,13 +107,24 @@ def log_run_dir(run_dir: str | Path, tracking_uri: str | None = None) -> str:
     if uri:
         _check_reachable(uri)
         mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment(summary["experiment"])
+    try:
+        experiment = mlflow.set_experiment(summary["experiment"])
+    except Exception as err:
+        refusal = store_refusal(err, uri or mlflow.get_tracking_uri())
+        if refusal is None:
+            raise
+        raise refusal from err
     # The run folder's name hashes (method, model, dataset, metrics): logging the same folder again (a
     # finished rerun, `evalcam log` twice) updates its MLflow run instead of adding a duplicate.
     key = run_dir.resolve().name
     tags = {**summary.get("tags", {}), RUN_KEY_TAG: key}
     existing = _find_run(experiment.experiment_id, key)
     start = {"run_id": existing.info.run_id} if existing else {"run_name": summary["run_name"], "tags": tags}
+    # mlflow.log_table appends to a table already in the run, downloading it first: a rerun of a finished
+    # run (same folder, same images) would double its rows. Its table is only logged once.
+    table_logged = existing is not None and any(
+        a.path == "per_image_table.json" for a in MlflowClient().list_artifacts(existing.info.run_id)
+    )
     with mlflow.start_run(**start) as run:
         if existing:
             mlflow.set_tags(tags)
@@ -91,7 +142,7 @@ def log_run_dir(run_dir: str | Path, tracking_uri: str | None = None) -> str:
         for picture in sorted(run_dir.glob("*.png")):
             mlflow.log_artifact(str(picture), artifact_path="figures")
         table = run_dir / "per_image.parquet"
-        if table.exists():
+        if table.exists() and not table_logged:
             import pandas as pd
 
             frame = pd.read_parquet(table)

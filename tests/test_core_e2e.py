@@ -147,21 +147,23 @@ def test_cli_multirun_sweep(tmp_path):
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("weak_loc/top1_loc_error") == 2
+    # Each run prints its numbers, then the sweep prints the methods x metrics table (one header line).
+    assert done.stdout.count("weak_loc/top1_loc_error") == 3
+    assert "| gradcam (limit=3) |" in done.stdout and "| center (limit=3) |" in done.stdout
     import mlflow
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["sample/efficientnet_lite0"])
     assert sorted(runs["tags.mlflow.runName"]) == [
-        "center·efficientnet_lite0·sample",
-        "gradcam·efficientnet_lite0·sample",
+        "center·efficientnet_lite0·sample (limit=3)",
+        "gradcam·efficientnet_lite0·sample (limit=3)",
     ]
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("method=nope", "Could not find 'method/nope'"),
+        ("method=nope", "unknown method 'nope' in method=nope; valid names: ablationcam, backprop,"),
         ("model.target_layer=head_actt", "candidates"),
         ("device=cuda:7", "CUDA is not available"),
     ],

@@ -50,6 +50,10 @@ class EvalDataset(Dataset):
     label_space: str = "imagenet"
     #: whether samples carry segmentation masks (metrics that need masks check it before a run starts)
     has_masks: bool = False
+    #: whether samples carry boxes (box and region metrics check it before a run starts)
+    has_boxes: bool = True
+    #: how to get boxes when ``has_boxes`` is False: the config keys to set
+    boxes_hint: str = ""
 
     def __init__(self) -> None:
         self.ids: list[str] = []
@@ -262,12 +266,12 @@ def group_boxes(
     )
 
 
-def require_dir(path: str | Path | None, what: str, layout: str) -> Path:
-    """``path`` as a directory, or a one-line :class:`DatasetError` saying what layout was expected."""
+def require_dir(path: str | Path | None, what: str, layout: str, env: str = "") -> Path:
+    """``path`` as a directory, or a one-line :class:`DatasetError` saying what layout was expected and
+    which key (``dataset.root=``) or environment variable (``env``) gives it."""
     if path is None or str(path).strip() in {"", "None", "null"}:
-        raise DatasetError(
-            f"{what}: no root given (set root= or the environment variable); expected {layout}"
-        )
+        where = f"dataset.root=PATH or set ${env}" if env else "dataset.root=PATH"
+        raise DatasetError(f"{what}: no root given; pass {where}; expected {layout}")
     p = Path(path).expanduser()
     if not p.is_dir():
         raise DatasetError(f"{what}: root {p} is not a directory; expected {layout}")

@@ -153,7 +153,7 @@ class COCODataset(EvalDataset):
         self.name = f"coco{self.year}"
         self.with_masks = bool(masks)
         layout = coco_layout(self.year, self.split)
-        base = require_dir(root, self.name, layout)
+        base = require_dir(root, self.name, layout, "EVALCAM_COCO_ROOT")
         ann_file = (
             Path(annotations)
             if annotations

@@ -258,11 +258,17 @@ class ImageNetVal(EvalDataset):
         subset_seed: int | None = None,
     ) -> None:
         super().__init__()
-        self.root = require_dir(root, "imagenet_val", LAYOUT)
+        self.root = require_dir(root, "imagenet_val", LAYOUT, "EVALCAM_IMAGENET_ROOT")
         self.class_names = imagenet_categories()
         self.errors: dict[str, str] = {}
         self.paths, list_labels = self._find_images(image_list)
         self.records = self._read_annotations(annotations, list_labels)
+        # An image list gives labels only: box metrics must refuse rather than count every image a miss.
+        self.has_boxes = any(record.objects for record in self.records.values())
+        self.boxes_hint = (
+            "pass dataset.annotations=PATH (an ILSVRC2012_bbox_val XML folder, a wsolevaluation metadata "
+            "folder or LOC_val_solution.csv with boxes) or set $EVALCAM_IMAGENET_ANNOTATIONS"
+        )
         if image_sizes is not None:
             for key, size in read_sizes(Path(image_sizes)).items():
                 if key in self.records:
@@ -318,8 +324,8 @@ class ImageNetVal(EvalDataset):
                 log.warning("imagenet_val: no annotations= given; using the image list's labels (no boxes)")
                 return {k: ImageRecord(labels={v}) for k, v in list_labels.items()}
             raise DatasetError(
-                f"imagenet_val: no annotations given (annotations= or "
-                f"EVALCAM_IMAGENET_ANNOTATIONS); expected {LAYOUT}"
+                f"imagenet_val: no annotations given; pass dataset.annotations=PATH or set "
+                f"$EVALCAM_IMAGENET_ANNOTATIONS; expected {LAYOUT}"
             )
         source = Path(annotations).expanduser()
         if source.is_file() and source.suffix.lower() == ".csv":

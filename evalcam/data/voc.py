@@ -57,7 +57,7 @@ def voc_layout(year: str, split: str) -> str:
 
 def find_voc_dir(root: str | Path | None, year: str, split: str) -> Path:
     """The ``VOC<year>`` folder under ``root``, or a one-line DatasetError naming the expected layout."""
-    base = require_dir(root, f"voc{year}", voc_layout(year, split))
+    base = require_dir(root, f"voc{year}", voc_layout(year, split), "EVALCAM_VOC_ROOT")
     for candidate in (base / "VOCdevkit" / f"VOC{year}", base / f"VOC{year}", base):
         if (candidate / "Annotations").is_dir() and (candidate / "JPEGImages").is_dir():
             return candidate

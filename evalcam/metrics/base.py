@@ -9,7 +9,7 @@ that the runner appends to the run's Parquet table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -17,6 +17,7 @@ import torch.distributed as dist
 from evalcam.data.types import Sample
 from evalcam.methods.base import Explainer
 from evalcam.models.bundle import ModelBundle
+from evalcam.requirements import Needs
 
 
 @dataclass
@@ -96,6 +97,8 @@ class Metric:
     pred_topk = 0
     #: whether this metric needs maps of the ground-truth classes
     needs_gt_maps = False
+    #: what the metric reads from the dataset and the model (checked before a run starts)
+    needs: ClassVar[Needs] = Needs()
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)

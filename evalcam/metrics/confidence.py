@@ -4,8 +4,11 @@ For the top-1 predicted class ``c`` of each image, the explanation map is the im
 map, ``E = I ⊙ L`` with ``L`` upsampled bilinearly to the input and min-max normalized to [0, 1]. With
 ``Y`` the model's softmax confidence for ``c`` on the image and ``O`` on ``E``:
 
-- ``avg_drop`` = mean over images of ``max(0, Y - O) / Y`` x 100 (lower is better);
-- ``increase_conf`` = percentage of images with ``O > Y`` (higher is better).
+- ``avg_drop`` = mean over images of ``max(0, Y - O) / Y`` (lower is better);
+- ``increase_conf`` = fraction of images with ``O > Y`` (higher is better).
+
+Both are logged as fractions in [0, 1], like every evalcam metric; the paper's percentages are these
+x 100 (``experiments/avg_drop.yaml`` shows them with ``scale: 100``).
 
 Both come from the same forwards, so one metric reports both. The product is taken in pixel space
 (``space="pixel"``: masked-out pixels become black, as ``I`` in the paper is the image) and the result is
@@ -85,8 +88,8 @@ class AverageDrop(Metric):
 
     def compute(self) -> dict[str, float]:
         return {
-            "avg_drop": 100 * safe_ratio(self.drop_sum, self.images),
-            "increase_conf": 100 * safe_ratio(self.increase, self.images),
+            "avg_drop": safe_ratio(self.drop_sum, self.images),
+            "increase_conf": safe_ratio(self.increase, self.images),
             "images": float(self.images),
             "degenerate_maps": float(self.degenerate),
         }

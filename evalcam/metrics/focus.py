@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.mask_scores import degenerate_rows, quadrant_share
+from evalcam.requirements import Needs
 
 
 def image_generator(seed: int, image_id: str) -> torch.Generator:
@@ -87,6 +88,8 @@ class Focus(Metric):
     """Share of positive relevance on the target-class tiles of seeded 2x2 batch mosaics (see module)."""
 
     name = "focus"
+    # Mosaic tiles are told apart by their labels, which must be classes of the model it explains.
+    needs = Needs(labels=True, multi_label="tiles share no label with the anchor's")
     higher_is_better: ClassVar[dict[str, bool]] = {"focus": True}
 
     def __init__(self, device: torch.device | str = "cpu", seed: int = 0) -> None:

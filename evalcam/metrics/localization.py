@@ -26,6 +26,7 @@ from evalcam.maps import is_degenerate, upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.boxes import box_iou, largest_component_box
 from evalcam.metrics.stats import flat_maps
+from evalcam.requirements import Needs
 
 
 def map_to_box(cam: torch.Tensor, threshold: float) -> tuple[int, int, int, int] | None:
@@ -45,6 +46,7 @@ def best_iou(box: tuple[int, int, int, int] | None, gt: torch.Tensor | None) -> 
 
 class WeakLocalization(Metric):
     name = "weak_loc"
+    needs = Needs(labels=True, boxes=True, multi_label="a top-k class counts if it is any label")
 
     def __init__(
         self, device: torch.device | str = "cpu", threshold: float = 0.15, iou: float = 0.5, topk: int = 5

@@ -38,12 +38,16 @@ from evalcam.metrics.mask_scores import (
 )
 from evalcam.metrics.pointing import _gt_pairs
 from evalcam.metrics.regions import class_mask, not_evaluated
+from evalcam.requirements import Needs
 
 
 class _MaskMetric(Metric):
     """One score per (image, ground-truth class) pair against the class's mask."""
 
     needs_gt_maps = True
+    needs = Needs(
+        labels=True, regions=True, multi_label="every label; an image scores the mean of its classes"
+    )
     key = "score"
     #: what a degenerate map scores
     degenerate_score = 0.0

@@ -42,6 +42,7 @@ from evalcam.metrics.base import EvalBatch, Metric
 from evalcam.metrics.boxes import EIGHT_CONNECTED
 from evalcam.metrics.regions import clipped_boxes
 from evalcam.metrics.stats import flat_maps
+from evalcam.requirements import Needs
 
 
 def resize_map(cam: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
@@ -111,6 +112,7 @@ def best_ious(
 
 class MaxBoxAcc(Metric):
     name = "maxboxacc"
+    needs = Needs(labels=True, boxes=True, multi_label="every label, one (image, class) pair each")
     needs_gt_maps = True
 
     def __init__(

@@ -42,6 +42,7 @@ from evalcam.metrics.regions import (
     pointing_hit,
 )
 from evalcam.metrics.stats import flat_maps
+from evalcam.requirements import Needs
 
 
 def _gt_pairs(batch: EvalBatch) -> list[list[tuple[int, int]]]:
@@ -61,6 +62,7 @@ def is_flat(cam: torch.Tensor) -> bool:
 
 class PointingGame(Metric):
     name = "pointing"
+    needs = Needs(labels=True, regions=True, multi_label="every label; mean of per-class accuracies")
     needs_gt_maps = True
 
     def __init__(
@@ -157,6 +159,7 @@ def energy_in_region(cam: torch.Tensor, region: torch.Tensor) -> float | None:
 
 class EnergyPointingGame(Metric):
     name = "energy_pointing"
+    needs = Needs(labels=True, regions=True, multi_label="every label, one (image, class) pair each")
     needs_gt_maps = True
 
     def __init__(self, device: torch.device | str = "cpu") -> None:

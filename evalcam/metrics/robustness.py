@@ -52,6 +52,7 @@ from evalcam.metrics.perturb import model_of, normalization
 from evalcam.metrics.pointing import is_flat
 from evalcam.metrics.regions import argmax_point, has_region, pointing_hit
 from evalcam.metrics.stats import pearson, spearman
+from evalcam.requirements import Needs
 
 ATTACKS = ("fgsm", "pgd")
 
@@ -106,6 +107,7 @@ def random_starts(
 
 class AdversarialRobustness(Metric):
     name = "robustness"
+    needs = Needs(labels=True, boxes=True, multi_label="top-1 class checked when it is any label")
     pred_topk = 1
     _quantities = (
         "images",

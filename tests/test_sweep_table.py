@@ -1,0 +1,99 @@
+"""What users compare, printed (issue 19, item 5) and reruns that leave a finished run as it was (item 7)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from evalcam.cli import main
+from evalcam.naming import run_name
+from evalcam.runner import run
+from evalcam.sweep_table import comparison_table, to_markdown
+from tests.test_refusals import cli, config_for
+
+
+def test_run_names_carry_what_sets_two_runs_apart(tmp_path):
+    plain = config_for(tmp_path)
+    assert run_name(plain) == "gradcam·efficientnet_lite0·sample"
+    changed = config_for(
+        tmp_path,
+        "method=rise",
+        "method.params.num_masks=500",
+        "dataset.limit=4",
+        "metrics.weak_loc.threshold=0.3",
+        "model.target_layer=blocks.15",
+    )
+    assert run_name(changed) == (
+        "rise·efficientnet_lite0·sample (limit=4, layer=blocks.15, num_masks=500, weak_loc.threshold=0.3)"
+    )
+
+
+def test_table_rows_are_labelled_by_what_differs():
+    summaries = [
+        {
+            "run_name": "gradcam·lite0·voc2007 (limit=3)",
+            "metrics": {"pointing/accuracy": 0.5, "run/seconds": 9},
+        },
+        {
+            "run_name": "center·lite0·voc2007 (limit=3)",
+            "metrics": {"pointing/accuracy": 0.25, "pointing/images": 3},
+        },
+    ]
+    table = comparison_table(summaries)
+    assert list(table.index) == ["gradcam (limit=3)", "center (limit=3)"]
+    assert list(table.columns) == ["pointing/accuracy"]  # bookkeeping and counts are left out
+    assert to_markdown(table).splitlines()[2] == "| gradcam (limit=3) | 0.5000 |"
+
+
+def test_sweep_prints_and_saves_the_methods_by_metrics_table(tmp_path):
+    done = cli(
+        "run", "-m", "method=gradcam,center", "dataset.limit=2", f"output_dir={tmp_path}", "mlflow=false",
+        "progress=false", "n_examples=0",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = list(tmp_path.glob("hydra/multirun_*/comparison.csv"))
+    assert len(saved) == 1
+    table = pd.read_csv(saved[0], index_col="run")
+    assert list(table.index) == ["gradcam (limit=2)", "center (limit=2)"]
+    for label, method in (("gradcam (limit=2)", "gradcam"), ("center (limit=2)", "center")):
+        (summary_path,) = tmp_path.glob(f"{method}__*/summary.json")
+        logged = json.loads(summary_path.read_text())["metrics"]
+        assert table.loc[label, "weak_loc/top1_loc_error"] == logged["weak_loc/top1_loc_error"]
+    # The printed table is the saved Markdown file.
+    assert saved[0].with_suffix(".md").read_text().strip() in done.stdout
+
+
+def test_experiment_ends_with_the_table_beside_its_runs(tmp_path, capsys):
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "tiny.yaml").write_text(
+        "name: tiny\nmlflow_experiment: evalcam/tiny\ncolumns: {weak_loc/top1_loc_error: {label: e}}\n"
+        "published: {source: none, rows: []}\n"
+        "profiles:\n  sample:\n    overrides: [dataset=sample, dataset.limit=2, n_examples=0]\n"
+        "    sweep:\n      method: [gradcam, center]\n"
+    )
+    main(["experiment", "tiny", "--profile", "sample", "--experiments-dir", str(tmp_path / "exp"),
+          f"output_dir={tmp_path / 'runs'}", "mlflow=false", "progress=false"])  # fmt: skip
+    out = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "runs" / "tiny.sample.comparison.csv", index_col="run")
+    assert list(table.index) == ["gradcam (limit=2)", "center (limit=2)"]
+    assert "| gradcam (limit=2) |" in out and "2 of 2 runs done" in out
+
+
+def test_rerunning_a_finished_run_keeps_its_seconds_and_its_mlflow_table(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = config_for(tmp_path / "runs", "dataset.limit=2", "mlflow=true", f"tracking_uri={uri}")
+    first = run(config)
+    again = run(config)
+    assert again.metrics["run/seconds"] == first.metrics["run/seconds"]
+    assert again.mlflow_run_id == first.mlflow_run_id
+    mlflow.set_tracking_uri(uri)
+    logged = mlflow.get_run(first.mlflow_run_id).data.metrics["run/seconds"]
+    assert math.isclose(logged, first.metrics["run/seconds"])
+    # log_table appends: had the rerun logged it again the table would hold 4 rows.
+    table = mlflow.load_table("per_image_table.json", run_ids=[first.mlflow_run_id])
+    assert len(table) == 2
+    assert Path(first.run_dir).name == Path(again.run_dir).name
