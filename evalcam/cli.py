@@ -56,10 +56,14 @@ def _run_hydra(argv: list[str]) -> None:
             raise SystemExit(f"evalcam: error: {err}") from None
         if not result.metrics:  # torchrun ranks other than 0: rank 0 reports the merged run
             return None
-        width = max(len(k) for k in result.metrics)
+        from evalcam.stats.bootstrap import format_interval
+
+        shown = {k: v for k, v in result.metrics.items() if not k.endswith(("/ci_low", "/ci_high"))}
+        width = max(len(k) for k in shown)
         print(f"\nrun folder: {result.run_dir}")
-        for key, value in result.metrics.items():
-            print(f"  {key:<{width}}  {value:.4f}")
+        for key, value in shown.items():
+            low, high = result.metrics.get(f"{key}/ci_low"), result.metrics.get(f"{key}/ci_high")
+            print(f"  {key:<{width}}  {format_interval(value, low, high)}")
         if result.mlflow_run_id:
             print(f"MLflow run {result.mlflow_run_id} (browse with: python -m evalcam ui)")
         return None

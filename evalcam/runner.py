@@ -28,6 +28,8 @@ from evalcam.metrics import build_metrics
 from evalcam.metrics.base import explain_batch
 from evalcam.models import load_model
 from evalcam.results import ResultStore, storage_error, write_atomic
+from evalcam.stats.bootstrap import run_intervals
+from evalcam.stats.seed import resolve_seeds
 from evalcam.tracking import TrackingUnavailable, flatten, log_run_dir
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,7 @@ def annotation_warnings(table: pd.DataFrame) -> float:
 def run(config: dict[str, Any]) -> RunResult:
     """Evaluate ``config["method"]`` on ``config["dataset"]`` with ``config["model"]``."""
     started = time.perf_counter()
+    config = resolve_seeds(config)  # every random part draws from the one logged `seed`
     rank, world = distributed_rank()
     device = resolve_device(str(config.get("device", "auto")))
     model_cfg, method_cfg = config["model"], config["method"]
@@ -252,6 +255,7 @@ def finish(
     values["run/images_skipped"] = float(len(skipped))
     values["run/annotation_warnings"] = annotation_warnings(table)
     values["run/seconds"] = seconds
+    values.update(intervals(config, metrics, table, values))
 
     # Whole files or nothing: a full disk here leaves the parts (and any earlier summary) as they were.
     target = run_dir / "per_image.parquet"
@@ -309,6 +313,23 @@ def finish(
                 run_dir,
             )
     return RunResult(run_dir=run_dir, metrics=values, mlflow_run_id=run_id)
+
+
+def intervals(config, metrics, table: pd.DataFrame, values: dict[str, float]) -> dict[str, float]:
+    """Bootstrap ``ci_low``/``ci_high`` of every logged value (``stats.bootstrap`` resamples of the
+    images, ``stats.confidence``; ``stats.bootstrap=null`` or 0 turns them off)."""
+    settings = config.get("stats") or {}
+    resamples = settings.get("bootstrap", 1000)
+    if not resamples:
+        return {}
+    return run_intervals(
+        metrics,
+        table,
+        values,
+        resamples=int(resamples),
+        confidence=float(settings.get("confidence", 0.95)),
+        seed=int(settings.get("seed") or 0),
+    )
 
 
 def draw_examples(config, run_dir: Path, table: pd.DataFrame, bundle, explainer, dataset) -> None:

@@ -8,8 +8,9 @@ that the runner appends to the run's Parquet table.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -17,6 +18,7 @@ import torch.distributed as dist
 from evalcam.data.types import Sample
 from evalcam.methods.base import Explainer
 from evalcam.models.bundle import ModelBundle
+from evalcam.stats.aggregation import Aggregation, Mean
 
 
 @dataclass
@@ -96,6 +98,8 @@ class Metric:
     pred_topk = 0
     #: whether this metric needs maps of the ground-truth classes
     needs_gt_maps = False
+    #: direction of every logged key that has one (counts have none): used by rankings and reports
+    higher_is_better: ClassVar[dict[str, bool]] = {}
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
@@ -115,6 +119,12 @@ class Metric:
 
     def compute(self) -> dict[str, float]:
         raise NotImplementedError
+
+    def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
+        """How each logged key is re-estimated from the per-image records (bootstrap intervals, paired
+        tests, rankings; see :mod:`evalcam.stats.aggregation`). Default: the mean over images of the
+        column ``<name>.<key>`` for every key with a direction; override for other aggregations."""
+        return {k: Mean(f"{self.name}.{k}") for k in keys if k in self.higher_is_better}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name).detach().cpu().clone() for name in self._defaults}

@@ -27,7 +27,8 @@ counted in ``degenerate_maps``.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import torch
 
@@ -41,6 +42,7 @@ from evalcam.metrics.regions import (
     pointing_hit,
 )
 from evalcam.metrics.stats import flat_maps
+from evalcam.stats.aggregation import Aggregation, ClassMean, PairMean
 
 
 def _gt_pairs(batch: EvalBatch) -> list[list[tuple[int, int]]]:
@@ -61,6 +63,11 @@ def is_flat(cam: torch.Tensor) -> bool:
 class PointingGame(Metric):
     name = "pointing"
     needs_gt_maps = True
+    higher_is_better: ClassVar[dict[str, bool]] = {
+        "accuracy": True,
+        "overall_accuracy": True,
+        "difficult_accuracy": True,
+    }
 
     def __init__(
         self,
@@ -132,6 +139,16 @@ class PointingGame(Metric):
             return float("nan")
         return float((hits[seen] / total[seen]).mean())
 
+    def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
+        # A mean of per-class means: resampled images carry their (class, hit) pairs and the per-class
+        # accuracies are recomputed inside every resample.
+        known: dict[str, Aggregation] = {
+            "accuracy": ClassMean("pointing.classes", "pointing.hit"),
+            "difficult_accuracy": ClassMean("pointing.classes", "pointing.hit", only="pointing.difficult"),
+            "overall_accuracy": PairMean("pointing.hit", skip_negative=True),
+        }
+        return {k: known[k] for k in keys if k in known}
+
     def compute(self) -> dict[str, float]:
         return {
             "accuracy": self._class_mean(self.hits, self.misses),
@@ -160,6 +177,7 @@ def energy_in_region(cam: torch.Tensor, region: torch.Tensor) -> float | None:
 class EnergyPointingGame(Metric):
     name = "energy_pointing"
     needs_gt_maps = True
+    higher_is_better: ClassVar[dict[str, bool]] = {"energy": True}
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         super().__init__(device)
@@ -188,6 +206,10 @@ class EnergyPointingGame(Metric):
                 {"energy_pointing.classes": [c for _, c in pairs], "energy_pointing.energy": shares}
             )
         return records
+
+    def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
+        # The mean runs over (image, class) pairs; skipped classes hold None.
+        return {"energy": PairMean("energy_pointing.energy")} if "energy" in keys else {}
 
     def compute(self) -> dict[str, float]:
         return {

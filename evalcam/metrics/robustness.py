@@ -39,8 +39,8 @@ constant or non-finite map scores 0 (:mod:`evalcam.metrics.stats`); both are cou
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,7 @@ from evalcam.metrics.perturb import model_of, normalization
 from evalcam.metrics.pointing import is_flat
 from evalcam.metrics.regions import argmax_point, has_region, pointing_hit
 from evalcam.metrics.stats import pearson, spearman
+from evalcam.stats.aggregation import Aggregation, Mean
 
 ATTACKS = ("fgsm", "pgd")
 
@@ -106,6 +107,26 @@ def random_starts(
 
 class AdversarialRobustness(Metric):
     name = "robustness"
+    # Explanation quality under attack: higher overlap and similarity are better. The attack's success
+    # rate and probability drop measure the network, not the method: no direction.
+    higher_is_better: ClassVar[dict[str, bool]] = {
+        "clean_iou": True,
+        "clean_loc_acc": True,
+        "clean_pointing_acc": True,
+        **{
+            f"{attack}_{key}": True
+            for attack in ("fgsm", "pgd")
+            for key in (
+                "iou",
+                "loc_acc",
+                "pointing_acc",
+                "loc_acc_fooled",
+                "pointing_acc_fooled",
+                "spearman",
+                "pearson",
+            )
+        },
+    }
     pred_topk = 1
     _quantities = (
         "images",
@@ -249,6 +270,29 @@ class AdversarialRobustness(Metric):
                 state[a] += value
                 setattr(self, q, state)
         return records
+
+    def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
+        # Localization and pointing rates run over the evaluable images only: their records are absent
+        # elsewhere, and the _fooled rates over those where the attack succeeded.
+        known: dict[str, Aggregation] = {
+            "clean_iou": Mean("robustness.clean_iou"),
+            "clean_loc_acc": Mean("robustness.clean_loc"),
+            "clean_pointing_acc": Mean("robustness.clean_point"),
+        }
+        for a in self.attacks:
+            col = f"robustness.{a}"
+            known |= {
+                f"{a}_success_rate": Mean(f"{col}_success"),
+                f"{a}_prob_drop": Mean(f"{col}_prob_drop"),
+                f"{a}_spearman": Mean(f"{col}_spearman"),
+                f"{a}_pearson": Mean(f"{col}_pearson"),
+                f"{a}_iou": Mean(f"{col}_iou"),
+                f"{a}_loc_acc": Mean(f"{col}_loc"),
+                f"{a}_pointing_acc": Mean(f"{col}_point"),
+                f"{a}_loc_acc_fooled": Mean(f"{col}_loc", where=f"{col}_success"),
+                f"{a}_pointing_acc_fooled": Mean(f"{col}_point", where=f"{col}_success"),
+            }
+        return {k: known[k] for k in keys if k in known}
 
     def compute(self) -> dict[str, float]:
         out: dict[str, float] = {}
