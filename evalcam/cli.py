@@ -13,6 +13,8 @@ commands:
   run [overrides]      evaluate a method (Hydra overrides; -m for sweeps), e.g. method=gradcam dataset=sample
   bench [--device D] [--methods m1,m2] [--quick] ...
                        images/s of every method vs pytorch-grad-cam, Captum, TorchCAM and the floors
+  compare [RUN_DIR ...] [--experiment NAME] [--filter STRING] [--reference METHOD] [--rank]
+                       methods x metrics with bootstrap intervals and Holm-corrected paired tests
   log RUN_DIR          log a finished run directory to MLflow (after the tracking server was unreachable)
   layers [model=NAME] [model.weights=PATH]
                        list a model's layers usable as model.target_layer
@@ -165,6 +167,10 @@ def main(argv: list[str] | None = None) -> None:
             from evalcam.bench import main as bench
 
             bench(rest)
+        elif command == "compare":
+            from evalcam.stats.compare import main as compare_main
+
+            compare_main(rest)
         elif command == "log":
             from evalcam.tracking import log_run_dir
 

@@ -49,7 +49,9 @@ def format_interval(value: float, low: float | None, high: float | None, digits:
 
 def check_settings(resamples: int, confidence: float) -> None:
     if int(resamples) < 1:
-        raise ValueError(f"stats.bootstrap={resamples} must be >= 1 (0 disables intervals: stats.bootstrap=null)")
+        raise ValueError(
+            f"stats.bootstrap={resamples} must be >= 1 (0 disables intervals: stats.bootstrap=null)"
+        )
     if not 0 < float(confidence) < 1:
         raise ValueError(f"stats.confidence={confidence} must lie strictly between 0 and 1, e.g. 0.95")
 
@@ -81,7 +83,10 @@ def resampled_values(
         sums = counts @ stacked
         out.append(
             np.stack(
-                [agg.value(sums[:, a:b]) for agg, a, b in zip(aggregations, widths[:-1], widths[1:], strict=True)],
+                [
+                    agg.value(sums[:, a:b])
+                    for agg, a, b in zip(aggregations, widths[:-1], widths[1:], strict=True)
+                ],
                 axis=1,
             )
         )
@@ -100,12 +105,18 @@ def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, f
 
 
 def bootstrap(
-    matrix: np.ndarray, aggregation: Aggregation, resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+    matrix: np.ndarray,
+    aggregation: Aggregation,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> Interval:
     """Point value and percentile interval of one aggregation over per-image contributions ``matrix``."""
     check_settings(resamples, confidence)
     value = float(aggregation.value(matrix.sum(0)[None])[0])
-    low, high = percentile_interval(resampled_values([matrix], [aggregation], resamples, seed)[:, 0], confidence)
+    low, high = percentile_interval(
+        resampled_values([matrix], [aggregation], resamples, seed)[:, 0], confidence
+    )
     return Interval(value, low, high)
 
 
@@ -153,7 +164,10 @@ def run_intervals(
             if not _close(point, float(logged)):
                 log.warning(
                     "%s/%s: per-image records give %.6g, the run logged %.6g; no interval",
-                    metric.name, key, point, logged,
+                    metric.name,
+                    key,
+                    point,
+                    logged,
                 )
                 continue
             names.append(f"{metric.name}/{key}")
