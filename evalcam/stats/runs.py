@@ -110,6 +110,7 @@ def load_mlflow(
                     f"logged by `python -m evalcam run`"
                 ) from None
         out.append(load_folder(target, source=run.info.run_id))
+    out.reverse()  # oldest first: the order a sweep ran them in
     if not out:
         where = f"experiment {experiment!r}" if experiment else "the store"
         raise ValueError(f"no finished runs in {where} match filter {filter_string!r}")
