@@ -152,7 +152,7 @@ class AdversarialRobustness(Metric):
         steps: int = 10,
         alpha: float = 1 / 255,
         random_start: bool = False,
-        seed: int = 0,
+        seed: int | None = 0,  # None: not resolved from the run's seed (evalcam.stats.seed); 0
         threshold: float = 0.15,
         iou: float = 0.5,
         tolerance: float = 15,
@@ -163,7 +163,7 @@ class AdversarialRobustness(Metric):
         if unknown or not self.attacks:
             raise ValueError(f"unknown attack(s) {unknown}; available: {', '.join(ATTACKS)}")
         self.eps, self.steps, self.alpha = float(eps), int(steps), float(alpha)
-        self.random_start, self.seed = bool(random_start), int(seed)
+        self.random_start, self.seed = bool(random_start), int(seed or 0)
         self.threshold, self.iou, self.tolerance = float(threshold), float(iou), float(tolerance)
         for q in self._quantities:
             self.add_state(q, torch.zeros(len(self.attacks), dtype=torch.float64))

@@ -123,12 +123,12 @@ class CascadingRandomization(Metric):
         device: torch.device | str = "cpu",
         layers: Sequence[str] | None = None,
         steps: int | None = None,
-        seed: int = 0,
+        seed: int | None = 0,  # None: not resolved from the run's seed (evalcam.stats.seed); 0
     ) -> None:
         super().__init__(device)
         self.layers = list(layers) if layers else None
         self.steps = None if steps is None else int(steps)
-        self.seed = int(seed)
+        self.seed = int(seed or 0)
         for state in ("spearman_sum", "count", "degenerate"):
             self.add_state(state, torch.zeros(MAX_STEPS, dtype=torch.float64))
         self.add_state("name_codes", torch.zeros(MAX_STEPS, NAME_BYTES, dtype=torch.int32))
