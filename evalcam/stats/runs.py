@@ -94,26 +94,35 @@ def load_mlflow(
     query = " and ".join(q for q in ("attributes.status = 'FINISHED'", filter_string) if q)
     runs = client.search_runs(ids, query, order_by=["attributes.start_time DESC"])
     seen: set[str] = set()
-    out = []
+    picked = []
     for run in runs:
         key = run.data.tags.get(RUN_KEY_TAG, run.info.run_id)
         if key in seen or run.data.tags.get("evalcam.kind") == "comparison":
             continue
         seen.add(key)
-        target = Path(tempfile.mkdtemp(prefix="evalcam-compare-"))
-        for name in RUN_FILES:
-            try:
-                client.download_artifacts(run.info.run_id, name, str(target))
-            except Exception as err:  # an artifact store error names the file; say which run lacks it
-                raise ValueError(
-                    f"MLflow run {run.info.run_id} has no {name} artifact ({type(err).__name__}); it was not "
-                    f"logged by `python -m evalcam run`"
-                ) from None
-        out.append(load_folder(target, source=run.info.run_id))
+        picked.append(run.info.run_id)
+    out = download_runs(client, picked)
     out.reverse()  # oldest first: the order a sweep ran them in
     if not out:
         where = f"experiment {experiment!r}" if experiment else "the store"
         raise ValueError(f"no finished runs in {where} match filter {filter_string!r}")
+    return out
+
+
+def download_runs(client, run_ids: Sequence[str]) -> list[RunRecords]:
+    """The runs ``run_ids`` of an MLflow store, read from the run-folder files they logged."""
+    out = []
+    for run_id in run_ids:
+        target = Path(tempfile.mkdtemp(prefix="evalcam-compare-"))
+        for name in RUN_FILES:
+            try:
+                client.download_artifacts(run_id, name, str(target))
+            except Exception as err:  # an artifact store error names the file; say which run lacks it
+                raise ValueError(
+                    f"MLflow run {run_id} has no {name} artifact ({type(err).__name__}); it was not "
+                    f"logged by `python -m evalcam run`"
+                ) from None
+        out.append(load_folder(target, source=run_id))
     return out
 
 
