@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from evalcam.metrics.base import Metric
 from evalcam.stats.aggregation import BestThreshold, ClassMean, Mean, PairMean
-from evalcam.stats.bootstrap import bootstrap, resample_counts, resample_indices
+from evalcam.stats.bootstrap import bootstrap, resample_counts, resample_indices, run_intervals
 from evalcam.stats.ranking import leaderboard, positions
 from evalcam.stats.seed import derive_seed, resolve_seeds
 from evalcam.stats.tests import holm, paired_test
@@ -235,3 +238,26 @@ def test_bad_settings_are_one_line_errors():
         bootstrap(matrix, Mean("x"), 100, 1.5)
     with pytest.raises(ValueError, match=r"stats.bootstrap=0 must be >= 1"):
         bootstrap(matrix, Mean("x"), 0, 0.95)
+
+
+class _Convention(Metric):
+    """A metric following the shared convention only: ``higher_is_better`` and ``<name>.<key>`` records."""
+
+    name = "toy"
+    higher_is_better: ClassVar[dict[str, bool]] = {"score": True}
+
+
+def test_a_metric_following_the_convention_gets_intervals_for_free(caplog):
+    rng = np.random.default_rng(9)
+    scores = rng.random(30)
+    table = pd.DataFrame(
+        {"image_id": [f"i{k}" for k in range(32)], "status": ["ok"] * 30 + ["skipped"] * 2}
+    ).assign(**{"toy.score": [*scores, np.nan, np.nan]})
+    values = {"toy/score": float(scores.mean()), "toy/images": 30.0}
+    out = run_intervals([_Convention()], table, values, resamples=200, confidence=0.9, seed=1)
+    expected = bootstrap(np.stack([scores, np.ones(30)], 1), Mean("toy.score"), 200, 0.9, 1)
+    assert out == pytest.approx({"toy/score/ci_low": expected.low, "toy/score/ci_high": expected.high})
+    # Records that do not reproduce the logged value give no interval (and say so), never a wrong one.
+    with caplog.at_level("WARNING"):
+        assert run_intervals([_Convention()], table, {"toy/score": 0.99}, 200, 0.9, 1) == {}
+    assert "toy/score: per-image records give" in caplog.text

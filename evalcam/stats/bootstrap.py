@@ -10,6 +10,7 @@ Randomness comes only from ``seed`` (a ``numpy.random.default_rng``); no global 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -76,16 +77,27 @@ def resampled_values(
 ) -> np.ndarray:
     """``[R, A]``: every aggregation re-estimated on each of ``resamples`` shared image resamples."""
     n = len(matrices[0])
-    widths = np.cumsum([0, *(m.shape[1] for m in matrices)])
-    stacked = np.concatenate(matrices, axis=1)
+    # Several values often read the same records (MaxBoxAcc's eight values, two hit-count matrices):
+    # multiply each distinct matrix once.
+    distinct: dict[bytes, int] = {}
+    unique: list[np.ndarray] = []
+    slot = []
+    for matrix in matrices:
+        key = hashlib.sha1(np.ascontiguousarray(matrix).tobytes()).digest() + str(matrix.shape).encode()
+        if key not in distinct:
+            distinct[key] = len(unique)
+            unique.append(matrix)
+        slot.append(distinct[key])
+    widths = np.cumsum([0, *(m.shape[1] for m in unique)])
+    stacked = np.concatenate(unique, axis=1)
     out = []
     for counts in resample_counts(n, resamples, seed):
         sums = counts @ stacked
         out.append(
             np.stack(
                 [
-                    agg.value(sums[:, a:b])
-                    for agg, a, b in zip(aggregations, widths[:-1], widths[1:], strict=True)
+                    agg.value(sums[:, widths[u] : widths[u + 1]])
+                    for agg, u in zip(aggregations, slot, strict=True)
                 ],
                 axis=1,
             )
