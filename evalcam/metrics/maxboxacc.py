@@ -26,6 +26,11 @@ box at the origin). Accuracies are fractions in [0, 1], not percentages.
 Degenerate maps (NaN/Inf or constant): wsolevaluation's ``normalize_scoremap`` turns them into all-zero
 maps, which binarize to nothing at every threshold; here likewise they miss at every threshold and are
 counted in ``degenerate_maps``.
+
+Bootstrap intervals (:mod:`evalcam.stats`): each image's record carries its own hit counts per (IoU
+criterion, threshold) (``maxboxacc.hits_v1``/``hits_v2``) and its number of pairs, so every resample of the
+images rebuilds the accuracy curves and picks the best threshold again inside the resample; the interval
+thus includes the optimism of choosing the threshold on the evaluated images themselves.
 """
 
 from __future__ import annotations

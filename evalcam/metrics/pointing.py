@@ -23,6 +23,9 @@ Energy-based pointing game: the share of the map's energy inside the class regio
 as above; ``energy`` is the mean over evaluated (image, class) pairs. A degenerate map (non-finite, no
 positive energy, or constant: it singles out no region) scores 0, like a miss of the pointing game, and is
 counted in ``degenerate_maps``.
+
+Bootstrap intervals (:mod:`evalcam.stats`): images are resampled with all their (class, hit) pairs and
+the per-class accuracies and their mean are recomputed inside every resample.
 """
 
 from __future__ import annotations
