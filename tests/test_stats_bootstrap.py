@@ -11,7 +11,9 @@ import pytest
 from evalcam.metrics.base import Metric
 from evalcam.stats.aggregation import BestThreshold, ClassMean, Mean, PairMean
 from evalcam.stats.bootstrap import bootstrap, resample_counts, resample_indices, run_intervals
+from evalcam.stats.compare import cell_text, compare
 from evalcam.stats.ranking import leaderboard, positions
+from evalcam.stats.runs import RunRecords
 from evalcam.stats.seed import derive_seed, resolve_seeds
 from evalcam.stats.tests import holm, paired_test
 
@@ -261,3 +263,34 @@ def test_a_metric_following_the_convention_gets_intervals_for_free(caplog):
     with caplog.at_level("WARNING"):
         assert run_intervals([_Convention()], table, {"toy/score": 0.99}, 200, 0.9, 1) == {}
     assert "toy/score: per-image records give" in caplog.text
+
+
+def _records(label: str, acc: np.ndarray, cls: np.ndarray) -> RunRecords:
+    ids = [f"img{k:03d}" for k in range(len(acc))]
+    table = pd.DataFrame({"image_id": ids, "m.acc": acc, "m.cls": cls}).set_index("image_id", drop=False)
+    return RunRecords(
+        label, label, "toy", "sample", label, {"m/acc": float(acc.mean()), "m/cls": float(cls.mean())}, table,
+        {"m/acc": Mean("m.acc"), "m/cls": Mean("m.cls")}, {"m/acc": True, "m/cls": False},
+    )  # fmt: skip
+
+
+def test_compare_marks_a_planted_difference_and_ranks_on_informative_metrics():
+    rng = np.random.default_rng(10)
+    cls = (rng.random(120) < 0.3).astype(float)  # the network's error: the same records in every run
+    good = (rng.random(120) < 0.8).astype(float)
+    close = good.copy()  # differs on four images, two each way: the same accuracy
+    close[np.flatnonzero(good == 1)[:2]] = 0
+    close[np.flatnonzero(good == 0)[:2]] = 1
+    close[np.flatnonzero(good == 1)[2]] = 0  # and one worse, so it ranks second
+    bad = (rng.random(120) < 0.3).astype(float)
+    runs = [_records("good", good, cls), _records("close", close, cls), _records("bad", bad, cls)]
+    result = compare(runs, resamples=300, permutations=500, rank=True)
+    assert result.images == 120 and result.references["m/acc"] == "good"
+    assert result.significant("bad", "m/acc") and not result.significant("close", "m/acc")
+    assert cell_text(result, "bad", "m/acc").endswith(" *") and cell_text(result, "good", "m/acc").endswith(
+        " ref"
+    )
+    assert not any(result.significant(m, "m/cls") for m in result.methods)  # identical records: no difference
+    # Ranked on m/acc alone (m/cls ties everyone), so the order is good, close, bad.
+    assert [s.method for s in result.ranking] == ["good", "close", "bad"]
+    assert result.ranking[2].low == 3

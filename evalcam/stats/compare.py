@@ -183,9 +183,16 @@ def compare(
         notes,
     )
     if rank:
-        ranked = [k for k in metrics if k in higher]
-        if not ranked:
+        # A metric whose records are the same for every method (classification error: the network's, not
+        # the method's) ties everyone on every resample; it would only pull all medians to the middle.
+        directed = [k for k in metrics if k in higher]
+        if not directed:
             raise ValueError("--rank needs metrics with a direction (higher_is_better); these runs have none")
+        first = {k: next(iter(blocks[k].values())) for k in directed}
+        informative = [
+            k for k in directed if not all(np.array_equal(b, first[k]) for b in blocks[k].values())
+        ]
+        ranked = informative or directed  # all identical: every method ties, which is the honest ranking
         result.ranking = leaderboard(
             methods,
             [[blocks[k].get(m) for k in ranked] for m in methods],

@@ -8,6 +8,7 @@ settings, from which the metrics are rebuilt to know how each value is aggregate
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -111,6 +112,8 @@ def load_mlflow(
 
 def download_runs(client, run_ids: Sequence[str]) -> list[RunRecords]:
     """The runs ``run_ids`` of an MLflow store, read from the run-folder files they logged."""
+    # One progress bar per small file would bury the table.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     out = []
     for run_id in run_ids:
         target = Path(tempfile.mkdtemp(prefix="evalcam-compare-"))
