@@ -137,9 +137,12 @@ def _close(a: float, b: float) -> bool:
 
 
 def evaluated_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """The images a run evaluated (skipped images carry no metric records)."""
+    """The images a run evaluated (skipped images carry no metric records), in image-id order: the
+    resamples must not depend on the order batches or processes (torchrun) wrote their parts in."""
     if "status" in table.columns:
         table = table[table["status"] == "ok"]
+    if "image_id" in table.columns:
+        table = table.sort_values("image_id", kind="stable")
     return table.reset_index(drop=True)
 
 
