@@ -197,6 +197,10 @@ def test_bad_input_is_one_line_or_a_marked_gap(sample_runs, tmp_path, capsys):
     )
 
     assert "compare needs at least two runs; got 1" in _error([str(gradcam)])
+    uri = f"sqlite:///{sample_runs[0] / 'mlflow.db'}"
+    assert "MLflow cannot search with filter 'params.x =='" in _error(
+        ["--filter", "params.x ==", "--tracking-uri", uri]
+    )
     assert "--reference 'gradcampp' names 0 of the runs" in _error(
         [str(gradcam), str(center), "--reference", "gradcampp"]
     )

@@ -93,7 +93,11 @@ def load_mlflow(
     else:
         ids = [e.experiment_id for e in client.search_experiments()]
     query = " and ".join(q for q in ("attributes.status = 'FINISHED'", filter_string) if q)
-    runs = client.search_runs(ids, query, order_by=["attributes.start_time DESC"])
+    try:
+        runs = client.search_runs(ids, query, order_by=["attributes.start_time DESC"])
+    except Exception as err:  # MlflowException on a malformed filter: one line, the store's reason
+        reason = " ".join(str(err).split())[:300]
+        raise ValueError(f"MLflow cannot search with filter {filter_string!r}: {reason}") from None
     seen: set[str] = set()
     picked = []
     for run in runs:
