@@ -253,7 +253,7 @@ def test_a_metric_following_the_convention_gets_intervals_for_free(caplog):
     rng = np.random.default_rng(9)
     scores = rng.random(30)
     table = pd.DataFrame(
-        {"image_id": [f"i{k}" for k in range(32)], "status": ["ok"] * 30 + ["skipped"] * 2}
+        {"image_id": [f"i{k:02d}" for k in range(32)], "status": ["ok"] * 30 + ["skipped"] * 2}
     ).assign(**{"toy.score": [*scores, np.nan, np.nan]})
     values = {"toy/score": float(scores.mean()), "toy/images": 30.0}
     out = run_intervals([_Convention()], table, values, resamples=200, confidence=0.9, seed=1)
