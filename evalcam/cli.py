@@ -15,6 +15,8 @@ commands:
   run [overrides]      evaluate a method (Hydra overrides; -m for sweeps), e.g. method=gradcam dataset=sample
   bench [--device D] [--methods m1,m2] [--quick] ...
                        images/s of every method vs pytorch-grad-cam, Captum, TorchCAM and the floors
+  compare [RUN_DIR ...] [--experiment NAME] [--filter STRING] [--reference METHOD] [--rank]
+                       methods x metrics with bootstrap intervals and Holm-corrected paired tests
   log RUN_DIR          log a finished run directory to MLflow (after the tracking server was unreachable)
   layers [model=NAME] [model.weights=PATH]
                        list a model's layers usable as model.target_layer
@@ -65,10 +67,14 @@ def _run_hydra(argv: list[str]) -> None:
             raise SystemExit(f"evalcam: error: {err}") from None
         if not result.metrics:  # torchrun ranks other than 0: rank 0 reports the merged run
             return None
-        width = max(len(k) for k in result.metrics)
+        from evalcam.stats.bootstrap import format_interval
+
+        shown = {k: v for k, v in result.metrics.items() if not k.endswith(("/ci_low", "/ci_high"))}
+        width = max(len(k) for k in shown)
         print(f"\nrun folder: {result.run_dir}")
-        for key, value in result.metrics.items():
-            print(f"  {key:<{width}}  {value:.4f}")
+        for key, value in shown.items():
+            low, high = result.metrics.get(f"{key}/ci_low"), result.metrics.get(f"{key}/ci_high")
+            print(f"  {key:<{width}}  {format_interval(value, low, high)}")
         if result.mlflow_run_id:
             print(f"MLflow run {result.mlflow_run_id} (browse with: python -m evalcam ui)")
         _record_sweep_job(result.run_dir)
@@ -209,6 +215,10 @@ def main(argv: list[str] | None = None) -> None:
             from evalcam.bench import main as bench
 
             bench(rest)
+        elif command == "compare":
+            from evalcam.stats.compare import main as compare_main
+
+            compare_main(rest)
         elif command == "log":
             from evalcam.tracking import log_run_dir
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from evalcam.experiments import compose_many, load_experiment, sweep_overrides
+from evalcam.stats.report_stats import interval_text
 from evalcam.tracking import flatten
 
 # Params that tell configurations of one table apart (everything else is fixed by the profile).
@@ -58,6 +59,7 @@ class Row:
     published_model: str | None = None
     published_dataset: str | None = None
     note: str = ""
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)  # bootstrap interval, paper units
 
     def delta(self, metric: str) -> float | None:
         ours, theirs = self.ours.get(metric), self.published.get(metric)
@@ -71,6 +73,7 @@ class Report:
     spec: dict[str, Any]
     rows: list[Row]
     tracking_uri: str
+    significance: dict[tuple[str, ...], list[str]] = field(default_factory=dict)  # per group
 
     @property
     def name(self) -> str:
@@ -173,11 +176,25 @@ def collect(
                 for k, c in spec["columns"].items()
             },
         )
+        row.ci = {
+            k: (
+                metrics[f"{k}/ci_low"] * float(c.get("scale", 1)),
+                metrics[f"{k}/ci_high"] * float(c.get("scale", 1)),
+            )
+            for k, c in spec["columns"].items()
+            if f"{k}/ci_low" in metrics and f"{k}/ci_high" in metrics
+        }
         _published_row(spec, spec["profiles"][prof], row, params.get("model.name", row.model))
         rows[key] = row
     order = {name: i for i, name in enumerate(spec["profiles"])}
     ordered = sorted(rows.values(), key=lambda r: (order[r.profile], r.dataset, r.model, r.method))
-    return Report(spec=spec, rows=ordered, tracking_uri=uri)
+    report = Report(spec=spec, rows=ordered, tracking_uri=uri)
+    from evalcam.stats.report_stats import group_lines
+
+    for key in sorted({(r.profile, r.model, r.dataset, str(r.limit)) for r in ordered}):
+        group = [r for r in ordered if (r.profile, r.model, r.dataset, str(r.limit)) == key]
+        report.significance[key] = group_lines(group, spec, client)
+    return report
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -213,8 +230,9 @@ def table_rows(report: Report, profile: str) -> tuple[list[str], list[list[str]]
         for metric in spec["columns"]:
             digits = _digits(spec, metric)
             published = row.published.get(metric)
+            low, high = row.ci.get(metric, (None, None))
             cells += [
-                _fmt(row.ours.get(metric), digits),
+                interval_text(row.ours.get(metric), low, high, digits),
                 _fmt(published, digits),
                 _signed(row.delta(metric), digits),
             ]
@@ -263,6 +281,10 @@ def orderings(report: Report, profile: str) -> list[str]:
             where = "" if limit in (None, "None") else f" (limit {limit})"
             label = column.get("label", metric)
             lines.append(f"{model} on {dataset}{where}, {label} ({_better(spec, metric)} is better): {text}")
+    for (prof, model, dataset, limit), extra in report.significance.items():
+        if prof == profile and extra:
+            where = "" if limit in (None, "None") else f" (limit {limit})"
+            lines += [f"{model} on {dataset}{where}: {line}" for line in extra]
     return lines
 
 
@@ -372,7 +394,8 @@ def write_csv(report: Report, path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(
             ["profile", "method", "model", "dataset", "split", "limit", "images", "metric", "ours",
-             "published", "delta", "published_model", "published_dataset", "note", "run_id"]
+             "published", "delta", "published_model", "published_dataset", "note", "run_id", "ours_ci_low",
+             "ours_ci_high"]
         )  # fmt: skip
         for r in report.rows:
             for metric in report.spec["columns"]:
@@ -381,7 +404,7 @@ def write_csv(report: Report, path: Path) -> None:
                     [r.profile, r.method, r.model, r.dataset, r.split, r.limit, r.images, metric,
                      "" if ours is None or math.isnan(ours) else ours, "" if theirs is None else theirs,
                      "" if delta is None else delta, r.published_model or "", r.published_dataset or "",
-                     r.note, r.run_id]
+                     r.note, r.run_id, *r.ci.get(metric, ("", ""))]
                 )  # fmt: skip
 
 

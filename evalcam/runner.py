@@ -33,6 +33,8 @@ from evalcam.naming import run_name as _named
 from evalcam.proxy_heads import apply_head
 from evalcam.requirements import check_requirements, typed_overrides
 from evalcam.results import ResultStore, storage_error, write_atomic
+from evalcam.stats.bootstrap import run_intervals
+from evalcam.stats.seed import resolve_seeds
 from evalcam.tracking import TrackingUnavailable, check_store, flatten, log_run_dir
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,7 @@ def annotation_warnings(table: pd.DataFrame) -> float:
 def run(config: dict[str, Any]) -> RunResult:
     """Evaluate ``config["method"]`` on ``config["dataset"]`` with ``config["model"]``."""
     started = time.perf_counter()
+    config = resolve_seeds(config)  # every random part draws from the one logged `seed`
     rank, world = distributed_rank()
     device = resolve_device(str(config.get("device", "auto")))
     model_cfg, method_cfg = config["model"], config["method"]
@@ -253,6 +256,7 @@ def finish(
     values["run/images_skipped"] = float(len(skipped))
     values["run/annotation_warnings"] = annotation_warnings(table)
     values["run/seconds"] = seconds
+    values.update(intervals(config, metrics, table, values))
 
     # Whole files or nothing: a full disk here leaves the parts (and any earlier summary) as they were.
     target = run_dir / "per_image.parquet"
@@ -311,6 +315,23 @@ def finish(
                 run_dir,
             )
     return RunResult(run_dir=run_dir, metrics=values, mlflow_run_id=run_id)
+
+
+def intervals(config, metrics, table: pd.DataFrame, values: dict[str, float]) -> dict[str, float]:
+    """Bootstrap ``ci_low``/``ci_high`` of every logged value (``stats.bootstrap`` resamples of the
+    images, ``stats.confidence``; ``stats.bootstrap=null`` or 0 turns them off)."""
+    settings = config.get("stats") or {}
+    resamples = settings.get("bootstrap", 1000)
+    if not resamples:
+        return {}
+    return run_intervals(
+        metrics,
+        table,
+        values,
+        resamples=int(resamples),
+        confidence=float(settings.get("confidence", 0.95)),
+        seed=int(settings.get("seed") or 0),
+    )
 
 
 def draw_examples(config, run_dir: Path, table: pd.DataFrame, bundle, explainer, dataset) -> None:

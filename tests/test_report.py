@@ -189,8 +189,16 @@ def test_report_numbers_equal_the_runs_metrics_and_delta_is_ours_minus_published
     gradcam = next(r for r in report.rows if r.method == "gradcam")
     ours = gradcam.ours["weak_loc/top1_loc_error"]
     delta = ours - 56.51
+    low, high = gradcam.ci["weak_loc/top1_loc_error"]
+    assert low <= ours <= high  # the run's bootstrap interval, in the paper's units
     row = next(line for line in markdown.splitlines() if line.startswith("| gradcam |"))
-    assert f"| {ours:.2f} | 56.51 | {delta:+.2f} |" in row
+    assert f"| {ours:.2f} [{low:.2f}, {high:.2f}] | 56.51 | {delta:+.2f} |" in row
+    assert all(
+        float(line["ours_ci_low"]) <= float(line["ours"]) <= float(line["ours_ci_high"]) for line in lines
+    )
+    # Each group states what is significant and where every method ranks across the table's metrics.
+    assert "Significance on 2 shared images" in markdown
+    assert "Ranking across the table's metrics (LATEC median of standardised ranks" in markdown
     # The header states what was actually used: model, weights file, data and limit, run ids.
     assert "efficientnet_lite0" in markdown and "lite0-" in markdown
     assert "dataset.limit=2" in markdown

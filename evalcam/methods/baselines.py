@@ -57,7 +57,7 @@ class RandomBaseline(_InputFreeExplainer):
         self, model: torch.nn.Module, map_size: tuple[int, int] = (7, 7), seed: int = 0, **kw: object
     ) -> None:
         super().__init__(model, map_size)
-        self.seed = seed
+        self.seed = int(seed or 0)  # None: a config not resolved from the run's seed
 
     def explain(self, images: torch.Tensor, targets: Targets) -> Explanation:
         # Per-image seeds from quantized pixel content; drawn on CPU generators for device independence.

@@ -68,7 +68,7 @@ class RISE(Explainer):
         num_masks: int = 4000,
         cells: int = 7,
         p: float = 0.5,
-        seed: int = 0,
+        seed: int | None = 0,  # None: not resolved from the run's seed (evalcam.stats.seed); 0
         score: str = "prob",
         chunk_size: int = 64,
         autocast: torch.dtype | str | None = None,
@@ -80,7 +80,7 @@ class RISE(Explainer):
             )
         if score not in ("prob", "sigmoid", "logit"):
             raise ValueError(f"rise score must be 'prob', 'sigmoid' or 'logit', got {score!r}")
-        self.num_masks, self.cells, self.p, self.seed = int(num_masks), int(cells), float(p), int(seed)
+        self.num_masks, self.cells, self.p, self.seed = int(num_masks), int(cells), float(p), int(seed or 0)
         self.score, self.chunk_size = score, int(chunk_size)
         self._grids, self._shifts = rise_grids(self.num_masks, self.cells, self.p, self.seed)
 

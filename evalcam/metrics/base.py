@@ -8,6 +8,7 @@ that the runner appends to the run's Parquet table.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -18,6 +19,7 @@ from evalcam.data.types import Sample
 from evalcam.methods.base import Explainer
 from evalcam.models.bundle import ModelBundle
 from evalcam.requirements import Needs
+from evalcam.stats.aggregation import Aggregation, Mean
 
 
 @dataclass
@@ -99,6 +101,8 @@ class Metric:
     needs_gt_maps = False
     #: what the metric reads from the dataset and the model (checked before a run starts)
     needs: ClassVar[Needs] = Needs()
+    #: direction of every logged key that has one (counts have none): used by rankings and reports
+    higher_is_better: ClassVar[dict[str, bool]] = {}
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
@@ -118,6 +122,12 @@ class Metric:
 
     def compute(self) -> dict[str, float]:
         raise NotImplementedError
+
+    def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
+        """How each logged key is re-estimated from the per-image records (bootstrap intervals, paired
+        tests, rankings; see :mod:`evalcam.stats.aggregation`). Default: the mean over images of the
+        column ``<name>.<key>`` for every key with a direction; override for other aggregations."""
+        return {k: Mean(f"{self.name}.{k}") for k in keys if k in self.higher_is_better}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name).detach().cpu().clone() for name in self._defaults}

@@ -23,7 +23,7 @@ image are generated on the fly and scored ``chunk_size`` at a time.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -157,8 +157,10 @@ class CausalMetric(Metric):
 class Deletion(CausalMetric):
     name = "deletion"
     mode = "deletion"
+    higher_is_better: ClassVar[dict[str, bool]] = {"auc": False}
 
 
 class Insertion(CausalMetric):
     name = "insertion"
     mode = "insertion"
+    higher_is_better: ClassVar[dict[str, bool]] = {"auc": True}

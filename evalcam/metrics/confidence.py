@@ -19,7 +19,8 @@ keeps nothing: ``L = 0``; it is counted in ``degenerate_maps``.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import torch
 
@@ -27,6 +28,7 @@ from evalcam.maps import normalize, upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.perturb import model_of, normalization, scores_of_items
 from evalcam.metrics.stats import flat_maps
+from evalcam.stats.aggregation import Aggregation, Mean
 
 
 def masked_inputs(
@@ -50,6 +52,7 @@ def masked_inputs(
 class AverageDrop(Metric):
     name = "avg_drop"
     pred_topk = 1
+    higher_is_better: ClassVar[dict[str, bool]] = {"avg_drop": False, "increase_conf": True}
 
     def __init__(
         self, device: torch.device | str = "cpu", space: str = "pixel", chunk_size: int = 64
@@ -85,6 +88,14 @@ class AverageDrop(Metric):
             }
             for a, b, d, i in zip(y.tolist(), o.tolist(), drop.tolist(), increase.tolist(), strict=True)
         ]
+
+    def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
+        # Both are percentages of per-image quantities: the drop ratio and the increase flag.
+        known = {
+            "avg_drop": Mean("avg_drop.drop", scale=100.0),
+            "increase_conf": Mean("avg_drop.increase", scale=100.0),
+        }
+        return {k: known[k] for k in keys if k in known}
 
     def compute(self) -> dict[str, float]:
         return {

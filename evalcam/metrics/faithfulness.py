@@ -31,7 +31,7 @@ import hashlib
 import os
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -121,6 +121,7 @@ class OcclusionCache:
 
 class OcclusionFaithfulness(Metric):
     name = "faithfulness"
+    higher_is_better: ClassVar[dict[str, bool]] = {"spearman": True}
     pred_topk = 1
 
     def __init__(

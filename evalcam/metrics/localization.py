@@ -18,7 +18,8 @@ recorded) and for top-5 classes that are ground-truth classes.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import torch
 
@@ -27,6 +28,7 @@ from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.boxes import box_iou, largest_component_box
 from evalcam.metrics.stats import flat_maps
 from evalcam.requirements import Needs
+from evalcam.stats.aggregation import Aggregation, Mean
 
 
 def map_to_box(cam: torch.Tensor, threshold: float) -> tuple[int, int, int, int] | None:
@@ -47,6 +49,12 @@ def best_iou(box: tuple[int, int, int, int] | None, gt: torch.Tensor | None) -> 
 class WeakLocalization(Metric):
     name = "weak_loc"
     needs = Needs(labels=True, boxes=True, multi_label="a top-k class counts if it is any label")
+    higher_is_better: ClassVar[dict[str, bool]] = {
+        "top1_loc_error": False,
+        "top5_loc_error": False,
+        "top1_cls_error": False,
+        "top5_cls_error": False,
+    }
 
     def __init__(
         self, device: torch.device | str = "cpu", threshold: float = 0.15, iou: float = 0.5, topk: int = 5
@@ -95,6 +103,11 @@ class WeakLocalization(Metric):
                 }
             )
         return records
+
+    def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
+        # Errors are 1 - the per-image success rate the records hold.
+        column = {k: f"weak_loc.{k.replace('_error', '_ok')}" for k in self.higher_is_better}
+        return {k: Mean(column[k], scale=-1.0, offset=1.0) for k in keys if k in column}
 
     def compute(self) -> dict[str, float]:
         n = self.images

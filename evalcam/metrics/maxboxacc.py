@@ -26,12 +26,17 @@ box at the origin). Accuracies are fractions in [0, 1], not percentages.
 Degenerate maps (NaN/Inf or constant): wsolevaluation's ``normalize_scoremap`` turns them into all-zero
 maps, which binarize to nothing at every threshold; here likewise they miss at every threshold and are
 counted in ``degenerate_maps``.
+
+Bootstrap intervals (:mod:`evalcam.stats`): each image's record carries its own hit counts per (IoU
+criterion, threshold) (``maxboxacc.hits_v1``/``hits_v2``) and its number of pairs, so every resample of the
+images rebuilds the accuracy curves and picks the best threshold again inside the resample; the interval
+thus includes the optimism of choosing the threshold on the evaluated images themselves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -43,6 +48,7 @@ from evalcam.metrics.boxes import EIGHT_CONNECTED
 from evalcam.metrics.regions import clipped_boxes
 from evalcam.metrics.stats import flat_maps
 from evalcam.requirements import Needs
+from evalcam.stats.aggregation import Aggregation, BestThreshold
 
 
 def resize_map(cam: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
@@ -114,6 +120,12 @@ class MaxBoxAcc(Metric):
     name = "maxboxacc"
     needs = Needs(labels=True, boxes=True, multi_label="every label, one (image, class) pair each")
     needs_gt_maps = True
+    higher_is_better: ClassVar[dict[str, bool]] = {
+        "max_box_acc": True,
+        "max_box_acc_v2": True,
+        **{f"max_box_acc_iou{d}": True for d in (30, 50, 70)},
+        **{f"max_box_acc_v2_iou{d}": True for d in (30, 50, 70)},
+    }
 
     def __init__(
         self,
@@ -152,6 +164,10 @@ class MaxBoxAcc(Metric):
         gt_classes = batch.gt_classes.cpu().tolist()
         for i, sample in enumerate(batch.samples):
             best, best_t = [], []
+            # This image's own hit counts per (IoU criterion, threshold): what a bootstrap needs to redo
+            # the threshold choice inside each resample.
+            own_v1 = np.zeros_like(hits_v1)
+            own_v2 = np.zeros_like(hits_v1)
             for col, cls in enumerate(gt_classes[i]):
                 if cls < 0:
                     continue
@@ -166,12 +182,22 @@ class MaxBoxAcc(Metric):
                 quantized = None if flat else quantize(resize_map(raw, sample.size, self.interpolation))
                 degenerate += quantized is None
                 v1, v2 = best_ious(self.levels, quantized, gt)
-                hits_v1 += v1[None, :] >= deltas
-                hits_v2 += v2[None, :] >= deltas
+                own_v1 += v1[None, :] >= deltas
+                own_v2 += v2[None, :] >= deltas
                 pairs += 1
                 best.append(float(v1.max()))
                 best_t.append(float(self.thresholds[int(np.argmax(v1))]))
-            records.append({"maxboxacc.best_iou": best, "maxboxacc.best_iou_threshold": best_t})
+            hits_v1 += own_v1
+            hits_v2 += own_v2
+            records.append(
+                {
+                    "maxboxacc.best_iou": best,
+                    "maxboxacc.best_iou_threshold": best_t,
+                    "maxboxacc.pairs": len(best),
+                    "maxboxacc.hits_v1": own_v1.astype(np.int32).ravel().tolist(),
+                    "maxboxacc.hits_v2": own_v2.astype(np.int32).ravel().tolist(),
+                }
+            )
         self.hits_v1 = self.hits_v1 + torch.from_numpy(hits_v1).to(self.device)
         self.hits_v2 = self.hits_v2 + torch.from_numpy(hits_v2).to(self.device)
         self.pairs = self.pairs + pairs
@@ -180,6 +206,21 @@ class MaxBoxAcc(Metric):
 
     def _index_of(self, threshold: float) -> int:
         return int(np.argmin(np.abs(self.thresholds - threshold)))
+
+    def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
+        # The best threshold is chosen again inside every resample (or read at fixed_threshold).
+        fixed = None if self.fixed_threshold is None else self._index_of(self.fixed_threshold)
+        index = {d: self.deltas.index(d) for d in self.deltas}
+
+        def curve(variant: str, deltas: Sequence[int]) -> BestThreshold:
+            hits = f"maxboxacc.hits_{variant}"
+            picked = tuple(index[d] for d in deltas)
+            return BestThreshold(hits, "maxboxacc.pairs", len(self.deltas), picked, fixed)
+
+        known = {"max_box_acc": curve("v1", [self.iou]), "max_box_acc_v2": curve("v2", self.iou_v2)}
+        known |= {f"max_box_acc_iou{d}": curve("v1", [d]) for d in self.deltas}
+        known |= {f"max_box_acc_v2_iou{d}": curve("v2", [d]) for d in self.iou_v2}
+        return {k: known[k] for k in keys if k in known}
 
     def compute(self) -> dict[str, float]:
         n = float(self.pairs)

@@ -23,11 +23,15 @@ Energy-based pointing game: the share of the map's energy inside the class regio
 as above; ``energy`` is the mean over evaluated (image, class) pairs. A degenerate map (non-finite, no
 positive energy, or constant: it singles out no region) scores 0, like a miss of the pointing game, and is
 counted in ``degenerate_maps``.
+
+Bootstrap intervals (:mod:`evalcam.stats`): images are resampled with all their (class, hit) pairs and
+the per-class accuracies and their mean are recomputed inside every resample.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import torch
 
@@ -43,6 +47,7 @@ from evalcam.metrics.regions import (
 )
 from evalcam.metrics.stats import flat_maps
 from evalcam.requirements import Needs
+from evalcam.stats.aggregation import Aggregation, ClassMean, PairMean
 
 
 def _gt_pairs(batch: EvalBatch) -> list[list[tuple[int, int]]]:
@@ -64,6 +69,11 @@ class PointingGame(Metric):
     name = "pointing"
     needs = Needs(labels=True, regions=True, multi_label="every label; mean of per-class accuracies")
     needs_gt_maps = True
+    higher_is_better: ClassVar[dict[str, bool]] = {
+        "accuracy": True,
+        "overall_accuracy": True,
+        "difficult_accuracy": True,
+    }
 
     def __init__(
         self,
@@ -135,6 +145,16 @@ class PointingGame(Metric):
             return float("nan")
         return float((hits[seen] / total[seen]).mean())
 
+    def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
+        # A mean of per-class means: resampled images carry their (class, hit) pairs and the per-class
+        # accuracies are recomputed inside every resample.
+        known: dict[str, Aggregation] = {
+            "accuracy": ClassMean("pointing.classes", "pointing.hit"),
+            "difficult_accuracy": ClassMean("pointing.classes", "pointing.hit", only="pointing.difficult"),
+            "overall_accuracy": PairMean("pointing.hit", skip_negative=True),
+        }
+        return {k: known[k] for k in keys if k in known}
+
     def compute(self) -> dict[str, float]:
         return {
             "accuracy": self._class_mean(self.hits, self.misses),
@@ -161,6 +181,7 @@ class EnergyPointingGame(Metric):
     name = "energy_pointing"
     needs = Needs(labels=True, regions=True, multi_label="every label, one (image, class) pair each")
     needs_gt_maps = True
+    higher_is_better: ClassVar[dict[str, bool]] = {"energy": True}
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         super().__init__(device)
@@ -189,6 +210,10 @@ class EnergyPointingGame(Metric):
                 {"energy_pointing.classes": [c for _, c in pairs], "energy_pointing.energy": shares}
             )
         return records
+
+    def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
+        # The mean runs over (image, class) pairs; skipped classes hold None.
+        return {"energy": PairMean("energy_pointing.energy")} if "energy" in keys else {}
 
     def compute(self) -> dict[str, float]:
         return {

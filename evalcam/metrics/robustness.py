@@ -39,8 +39,8 @@ constant or non-finite map scores 0 (:mod:`evalcam.metrics.stats`); both are cou
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,7 @@ from evalcam.metrics.pointing import is_flat
 from evalcam.metrics.regions import argmax_point, has_region, pointing_hit
 from evalcam.metrics.stats import pearson, spearman
 from evalcam.requirements import Needs
+from evalcam.stats.aggregation import Aggregation, Mean
 
 ATTACKS = ("fgsm", "pgd")
 
@@ -108,6 +109,26 @@ def random_starts(
 class AdversarialRobustness(Metric):
     name = "robustness"
     needs = Needs(labels=True, boxes=True, multi_label="top-1 class checked when it is any label")
+    # Explanation quality under attack: higher overlap and similarity are better. The attack's success
+    # rate and probability drop measure the network, not the method: no direction.
+    higher_is_better: ClassVar[dict[str, bool]] = {
+        "clean_iou": True,
+        "clean_loc_acc": True,
+        "clean_pointing_acc": True,
+        **{
+            f"{attack}_{key}": True
+            for attack in ("fgsm", "pgd")
+            for key in (
+                "iou",
+                "loc_acc",
+                "pointing_acc",
+                "loc_acc_fooled",
+                "pointing_acc_fooled",
+                "spearman",
+                "pearson",
+            )
+        },
+    }
     pred_topk = 1
     _quantities = (
         "images",
@@ -133,7 +154,7 @@ class AdversarialRobustness(Metric):
         steps: int = 10,
         alpha: float = 1 / 255,
         random_start: bool = False,
-        seed: int = 0,
+        seed: int | None = 0,  # None: not resolved from the run's seed (evalcam.stats.seed); 0
         threshold: float = 0.15,
         iou: float = 0.5,
         tolerance: float = 15,
@@ -144,7 +165,7 @@ class AdversarialRobustness(Metric):
         if unknown or not self.attacks:
             raise ValueError(f"unknown attack(s) {unknown}; available: {', '.join(ATTACKS)}")
         self.eps, self.steps, self.alpha = float(eps), int(steps), float(alpha)
-        self.random_start, self.seed = bool(random_start), int(seed)
+        self.random_start, self.seed = bool(random_start), int(seed or 0)
         self.threshold, self.iou, self.tolerance = float(threshold), float(iou), float(tolerance)
         for q in self._quantities:
             self.add_state(q, torch.zeros(len(self.attacks), dtype=torch.float64))
@@ -251,6 +272,29 @@ class AdversarialRobustness(Metric):
                 state[a] += value
                 setattr(self, q, state)
         return records
+
+    def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
+        # Localization and pointing rates run over the evaluable images only: their records are absent
+        # elsewhere, and the _fooled rates over those where the attack succeeded.
+        known: dict[str, Aggregation] = {
+            "clean_iou": Mean("robustness.clean_iou"),
+            "clean_loc_acc": Mean("robustness.clean_loc"),
+            "clean_pointing_acc": Mean("robustness.clean_point"),
+        }
+        for a in self.attacks:
+            col = f"robustness.{a}"
+            known |= {
+                f"{a}_success_rate": Mean(f"{col}_success"),
+                f"{a}_prob_drop": Mean(f"{col}_prob_drop"),
+                f"{a}_spearman": Mean(f"{col}_spearman"),
+                f"{a}_pearson": Mean(f"{col}_pearson"),
+                f"{a}_iou": Mean(f"{col}_iou"),
+                f"{a}_loc_acc": Mean(f"{col}_loc"),
+                f"{a}_pointing_acc": Mean(f"{col}_point"),
+                f"{a}_loc_acc_fooled": Mean(f"{col}_loc", where=f"{col}_success"),
+                f"{a}_pointing_acc_fooled": Mean(f"{col}_point", where=f"{col}_success"),
+            }
+        return {k: known[k] for k in keys if k in known}
 
     def compute(self) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -42,6 +42,7 @@ from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.perturb import model_of
 from evalcam.metrics.stats import spearman
 from evalcam.models.layers import resolve_layer
+from evalcam.stats.aggregation import Aggregation, Mean
 
 MAX_STEPS = 64
 NAME_BYTES = 32
@@ -113,6 +114,8 @@ def rebind_explainer(explainer: Any, old: nn.Module, new: nn.Module) -> Any:
 
 class CascadingRandomization(Metric):
     name = "sanity"
+    # A method passes the sanity check when its maps change once the weights are randomized.
+    higher_is_better: ClassVar[dict[str, bool]] = {"final_spearman": False}
     pred_topk = 1
 
     def __init__(
@@ -120,12 +123,12 @@ class CascadingRandomization(Metric):
         device: torch.device | str = "cpu",
         layers: Sequence[str] | None = None,
         steps: int | None = None,
-        seed: int = 0,
+        seed: int | None = 0,  # None: not resolved from the run's seed (evalcam.stats.seed); 0
     ) -> None:
         super().__init__(device)
         self.layers = list(layers) if layers else None
         self.steps = None if steps is None else int(steps)
-        self.seed = int(seed)
+        self.seed = int(seed or 0)
         for state in ("spearman_sum", "count", "degenerate"):
             self.add_state(state, torch.zeros(MAX_STEPS, dtype=torch.float64))
         self.add_state("name_codes", torch.zeros(MAX_STEPS, NAME_BYTES, dtype=torch.int32))
@@ -189,6 +192,16 @@ class CascadingRandomization(Metric):
         if bool((codes % batches != 0).any()):
             return None  # parts used different cascades: no single name per step
         return decode_names(codes // batches)
+
+    def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
+        # Step k's correlation is element k of each image's list; the final step is the last element.
+        out: dict[str, Aggregation] = {}
+        for key in keys:
+            if key == "final_spearman":
+                out[key] = Mean("sanity.spearman", item=-1)
+            elif key.startswith("step_") and key[5:7].isdigit():
+                out[key] = Mean("sanity.spearman", item=int(key[5:7]) - 1)
+        return out
 
     def compute(self) -> dict[str, float]:
         out: dict[str, float] = {}
