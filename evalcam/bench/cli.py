@@ -246,6 +246,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{syn['images_per_s']:.1f} images/s ({syn['seconds']:.1f} s); stages: {stages}; "
             f"extrapolated ILSVRC2012 val (50k): {syn['ilsvrc_val_minutes']:.1f} min"
         )
+    from evalcam.stats.speed import bench_rows as bootstrap_rows
+
+    result["bootstrap"] = bootstrap_rows()
+    for row in result["bootstrap"]:
+        print(f"\n{row['name']}: {row['seconds']:.2f} s (target {row['target_seconds']} s)")
     if args.quantus:
         result["quantus"] = quantus_tables(args, device)
     if args.startup or args.end_to_end:
