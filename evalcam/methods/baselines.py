@@ -3,8 +3,9 @@
 - ``center``: a fixed centred Gaussian blob (photographers centre their subject: the centre-bias baseline
   of the pointing-game literature). Its weak-localization box is the central region whose size follows
   from the 15% threshold. In the pointing game its point is TorchRay's centre point ``(w / 2, h / 2)``
-  (``benchmark/pointing_game`` experiment ``center``), given exactly through :meth:`CenterBaseline.pointing_point`
-  rather than through the argmax of the resampled blob, which lands a pixel off on odd sizes.
+  (``benchmark/pointing_game`` experiment ``center``), given exactly through
+  :meth:`CenterBaseline.pointing_point` rather than through the argmax of the resampled blob, which
+  lands a pixel off on odd sizes.
 - ``random``: a Gaussian blob at a random place with a random size, i.e. a *random box* (the chance
   baseline of the localization literature) written as a smooth map. The centre is uniform over the map
   (in the pointing game: a uniformly random point, the chance level of Zhang et al.), the width
@@ -80,7 +81,9 @@ class RandomBaseline(_InputFreeExplainer):
         self.seed = int(seed)
         lo, hi = (float(v) for v in sigma_range)
         if not 0 < lo <= hi:
-            raise ValueError(f"method.params.sigma_range must be [low, high] with 0 < low <= high, got {sigma_range}")
+            raise ValueError(
+                f"method.params.sigma_range must be [low, high] with 0 < low <= high, got {sigma_range}"
+            )
         self.sigma_range = (lo, hi)
 
     def explain(self, images: torch.Tensor, targets: Targets) -> Explanation:

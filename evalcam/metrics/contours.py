@@ -74,75 +74,131 @@ def _reference_box(y0: int, x0: int, y1: int, x1: int, height: int, width: int) 
     return [x0, y0, min(x1 + 1, width - 1), min(y1 + 1, height - 1)]
 
 
+def _first_pixels(labels: np.ndarray, slices: list) -> list[tuple[int, int]]:
+    """``(y, x)`` of each label's first pixel in raster order: the leftmost one in its box's top row."""
+    firsts = []
+    for label, s in enumerate(slices, start=1):
+        row = labels[s[0].start, s[1]]
+        firsts.append((s[0].start, s[1].start + int(np.argmax(row == label))))
+    return firsts
+
+
 def contour_boxes(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """All ``RETR_TREE`` contour boxes of a binary ``[H, W]`` map in wsolevaluation's convention, and the
     row of the V1 box (largest contour area, OpenCV's order on ties); ``(zeros((0, 4)), -1)`` when empty.
+    Rows ``0 .. K-1`` are the K segments' outer contours (in label order), the hole contours follow.
     """
     height, width = mask.shape
-    labels, count = ndimage.label(mask, structure=EIGHT)
-    if count == 0:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if len(rows) == 0:
         return np.zeros((0, 4), dtype=np.int64), -1
+    # Work on the foreground's box plus a one-pixel margin: every margin pixel sees the image border
+    # along its row or column, so the holes (and everything else) are those of the whole map.
+    y0, x0 = max(int(rows[0]) - 1, 0), max(int(cols[0]) - 1, 0)
+    crop = mask[y0 : int(rows[-1]) + 2, x0 : int(cols[-1]) + 2]
+    labels, count = ndimage.label(crop, structure=EIGHT)
     segments = ndimage.find_objects(labels)
     boxes = [
-        _reference_box(s[0].start, s[1].start, s[0].stop - 1, s[1].stop - 1, height, width) for s in segments
+        _reference_box(
+            y0 + s[0].start, x0 + s[1].start, y0 + s[0].stop - 1, x0 + s[1].stop - 1, height, width
+        )
+        for s in segments
     ]
-    holes, hole_count = ndimage.label(~mask, structure=FOUR)
-    if hole_count:
-        frame = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
-        for label, s in enumerate(ndimage.find_objects(holes), start=1):
-            if s is None or label in frame:
-                continue
-            y0, x0, y1, x1 = s[0].start - 1, s[1].start - 1, s[0].stop, s[1].stop
-            boxes.append(_reference_box(y0, x0, y1, x1, height, width))
-    return np.asarray(boxes, dtype=np.int64), largest_outer_contour(labels, count, holes)
-
-
-def largest_outer_contour(labels: np.ndarray, count: int, holes: np.ndarray) -> int:
-    """Index (label - 1) of the segment whose outer contour ``max(contours, key=cv2.contourArea)`` picks."""
+    holes, hole_count = ndimage.label(~crop, structure=FOUR)
+    frame = set(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]).tolist())
+    enclosed = hole_count > len(frame - {0})
+    hole_slices = ndimage.find_objects(holes) if enclosed else []
+    for label, s in enumerate(hole_slices, start=1):
+        if label in frame:
+            continue
+        hy0, hx0, hy1, hx1 = y0 + s[0].start - 1, x0 + s[1].start - 1, y0 + s[0].stop, x0 + s[1].stop
+        boxes.append(_reference_box(hy0, hx0, hy1, hx1, height, width))
     if count == 1:
+        return np.asarray(boxes, dtype=np.int64), 0
+    tree = _Tree(labels, segments, holes, hole_slices, frame)
+    return np.asarray(boxes, dtype=np.int64), largest_outer_contour(tree)
+
+
+class _Tree:
+    """The segment/hole layout one binarized map needs for V1: labels, boxes, first pixels."""
+
+    def __init__(self, labels: np.ndarray, segments: list, holes: np.ndarray, hole_slices: list, frame: set):
+        self.labels, self.segments, self.holes = labels, segments, holes
+        self.hole_slices, self.frame = hole_slices, frame
+        self.firsts = _first_pixels(labels, segments)
+
+    def area_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds of each outer contour's polygon area.
+
+        The polygon runs through the centres of the outer border pixels (those 4-adjacent to the outside
+        background), inside the union of the segment's pixel squares with its holes filled (``filled``):
+        ``filled - border <= area <= filled``; it also lies in the box through the extreme centres.
+        """
+        count = len(self.segments)
+        labels = self.labels
+        is_outside = np.zeros(int(self.holes.max()) + 1, dtype=bool)
+        is_outside[list(self.frame - {0})] = True
+        outside = is_outside[self.holes]
+        outside = np.pad(outside, 1, constant_values=True)  # OpenCV's zero frame is outside too
+        touches = outside[:-2, 1:-1] | outside[2:, 1:-1] | outside[1:-1, :-2] | outside[1:-1, 2:]
+        border = np.bincount(labels[touches & (labels > 0)], minlength=count + 1)[1:]
+        filled = np.bincount(labels.ravel(), minlength=count + 1)[1:].astype(np.float64)
+        for label, s in enumerate(self.hole_slices, start=1):
+            if s is None or label in self.frame:
+                continue
+            hy, hx = s[0].start, s[1].start + int(np.argmax(self.holes[s[0].start, s[1]] == label))
+            filled[int(labels[hy, hx - 1]) - 1] += np.count_nonzero(self.holes[s] == label)
+        box = np.array([(s[0].stop - s[0].start - 1) * (s[1].stop - s[1].start - 1) for s in self.segments])
+        return filled - border, np.minimum(filled, box)
+
+
+def largest_outer_contour(tree: _Tree) -> int:
+    """Index (label - 1) of the segment whose outer contour ``max(contours, key=cv2.contourArea)`` picks."""
+    segments = tree.segments
+    if len(segments) == 1:
         return 0
-    width = labels.shape[1]
-    flat = labels.ravel()
-    firsts = np.unique(flat, return_index=True)[1][1:]  # raster index of each segment's first pixel
-    order = _opencv_order(labels, holes, firsts)
-    segments = ndimage.find_objects(labels)
-    # Upper bound of a border polygon's area: the box through the extreme pixel centres.
-    bound = np.array([(s[0].stop - s[0].start - 1) * (s[1].stop - s[1].start - 1) for s in segments], float)
-    best, best_area = -1, -1.0
-    for k in np.argsort(-bound, kind="stable"):
-        if bound[k] < best_area:
+    lower, upper = tree.area_bounds()
+    # Only segments that might reach the best lower bound are traced (usually one clear winner: none).
+    candidates = np.flatnonzero(upper >= lower.max()).tolist()
+    if len(candidates) == 1:
+        return candidates[0]
+    areas: dict[int, float] = {}
+    best_area = -1.0
+    for k in sorted(candidates, key=lambda k: -upper[k]):
+        if upper[k] < best_area:
             break
         s = segments[k]
-        window = np.pad(labels[s] == k + 1, 1)
-        y0, x0 = divmod(int(firsts[k]), width)
-        area = outer_contour_area(window, y0 - s[0].start + 1, x0 - s[1].start + 1)
-        if area > best_area or (area == best_area and order[k] < order[best]):
-            best, best_area = int(k), area
-    return best
+        window = np.pad(tree.labels[s] == k + 1, 1)
+        y0, x0 = tree.firsts[k]
+        areas[k] = outer_contour_area(window, y0 - s[0].start + 1, x0 - s[1].start + 1)
+        best_area = max(best_area, areas[k])
+    tied = [k for k, area in areas.items() if area == best_area]
+    if len(tied) == 1:
+        return tied[0]
+    order = _opencv_order(tree)
+    return min(tied, key=lambda k: order[k])
 
 
-def _opencv_order(labels: np.ndarray, holes: np.ndarray, firsts: np.ndarray) -> np.ndarray:
+def _opencv_order(tree: _Tree) -> np.ndarray:
     """Position of each segment's outer contour in OpenCV's ``RETR_TREE`` list: depth-first over the
     segment/hole tree, siblings in reverse raster order of their first pixel."""
-    width = labels.shape[1]
-    hole_flat = holes.ravel()
-    label_flat = labels.ravel()
-    # The scan meets a segment at its first pixel; the pixel west of it is background: the outside (top
-    # level) or a hole, whose own parent is the segment west of the hole's first pixel.
-    hole_firsts = dict(zip(*np.unique(hole_flat, return_index=True), strict=True))
+    width = tree.labels.shape[1]
+    hole_firsts = _first_pixels(tree.holes, tree.hole_slices)
     children: dict[tuple[str, int], list[tuple[int, str, int]]] = {}
-    for k, first in enumerate(firsts.tolist()):
-        hole = 0 if first % width == 0 else int(hole_flat[first - 1])
-        parent = ("hole", hole) if hole and _is_enclosed(holes, hole) else ("top", 0)
-        children.setdefault(parent, []).append((first, "seg", k))
-        if parent[0] == "hole":
-            hole_first = int(hole_firsts[hole])
-            owner = int(label_flat[hole_first - 1]) - 1
-            children.setdefault(("seg", owner), [])
-            node = (hole_first, "hole", hole)
-            if node not in children[("seg", owner)]:
-                children[("seg", owner)].append(node)
-    order = np.zeros(len(firsts), dtype=np.int64)
+    for k, (y, x) in enumerate(tree.firsts):
+        # The scan meets a segment at its first pixel; the pixel west of it is background: the outside
+        # (top level) or a hole, whose own parent is the segment west of the hole's first pixel.
+        hole = 0 if x == 0 else int(tree.holes[y, x - 1])
+        if hole == 0 or hole in tree.frame:
+            children.setdefault(("top", 0), []).append((y * width + x, "seg", k))
+            continue
+        children.setdefault(("hole", hole), []).append((y * width + x, "seg", k))
+        hy, hx = hole_firsts[hole - 1]
+        owner = ("seg", int(tree.labels[hy, hx - 1]) - 1)
+        node = (hy * width + hx, "hole", hole)
+        if node not in children.setdefault(owner, []):
+            children[owner].append(node)
+    order = np.zeros(len(tree.firsts), dtype=np.int64)
     position = 0
     stack = sorted(children.get(("top", 0), []))  # popped from the end: reverse raster order
     while stack:
@@ -152,9 +208,3 @@ def _opencv_order(labels: np.ndarray, holes: np.ndarray, firsts: np.ndarray) -> 
         position += 1
         stack.extend(sorted(children.get((kind, index), [])))
     return order
-
-
-def _is_enclosed(holes: np.ndarray, label: int) -> bool:
-    return not (
-        label in holes[0] or label in holes[-1] or label in holes[:, 0] or label in holes[:, -1]
-    )
