@@ -56,6 +56,13 @@ def _still_running(processes: set[tuple[int, str]]) -> set[tuple[int, str]]:
     return {(pid, start) for pid, start in processes if pid in table and table[pid][1] == start}
 
 
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:  # gone meanwhile
+        return ""
+
+
 def _read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
     seen = ""
     selector = selectors.DefaultSelector()
@@ -133,7 +140,7 @@ def test_stop_tree_ends_grandchildren_in_other_sessions_and_orphans(tmp_path):
         while time.monotonic() < deadline and not (len(sleeps) == 2 and len(started) == 3):
             time.sleep(0.5)
             started = _tree(proc.pid)
-            sleeps = {pid for pid, _ in started if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"}
+            sleeps = {pid for pid, _ in started if _command(pid) == "sleep"}
         # the child and its two sleeps, one re-parented to the owner once its own parent exited
         assert len(started) == 3 and len(sleeps) == 2, started
         out, _ = proc.communicate(timeout=120)
