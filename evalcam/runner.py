@@ -172,7 +172,14 @@ def run(config: dict[str, Any]) -> RunResult:
         pin_memory=device.type == "cuda",
     )
     # Slow set-ups are announced with an estimate and then saved image by image (see evalcam.pacing).
-    pace = Pace(bundle, device, int(config.get("batch_size", 16)), len(todo), run_name(config))
+    pace = Pace(
+        bundle,
+        device,
+        int(config.get("batch_size", 16)),
+        len(todo),
+        run_name(config),
+        slow_ratio=float(config.get("slow_ratio", 20.0)),
+    )
     examples = ExampleMaps(run_dir, int(config.get("n_examples", 8)), enabled=rank == 0)
     bar = tqdm(
         total=len(todo),
