@@ -4,8 +4,9 @@ computed kept for ``examples.png``.
 **Pace.** The first image of a run is evaluated on its own and timed, next to one plain forward pass of
 the model on it. Their ratio is the run's cost in forward passes per image (Score-CAM: one per channel,
 RISE: one per mask, occlusion: one per window, deletion/insertion: one per step, ...). When it is at least
-``slow_ratio`` (default 20), the run says so before going on: forwards per image x images, the measured
-seconds per image and the time that makes; and from then on every image is evaluated and saved as its own
+``slow_ratio`` (default 50, config key ``slow_ratio``; Grad-CAM with top-5 maps costs about a dozen), the
+run says so before going on: forwards per image x images, the measured seconds per image and the time
+that makes; and from then on every image is evaluated and saved as its own
 part of the run (:class:`evalcam.results.ResultStore`), so Ctrl-C (or a killed job) loses at most the
 image in flight, and the progress bar moves, with its ETA, image by image. Cheap runs keep whole batches.
 Methods and metrics give the same numbers whatever the batch size (tested), so the split changes no
@@ -57,7 +58,7 @@ class Pace:
         batch_size: int,
         images: int,
         name: str,
-        slow_ratio: float = 20.0,
+        slow_ratio: float = 50.0,
     ) -> None:
         if slow_ratio <= 0:
             raise ValueError(f"slow_ratio must be > 0 (forward passes per image), got {slow_ratio}")

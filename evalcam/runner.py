@@ -178,7 +178,7 @@ def run(config: dict[str, Any]) -> RunResult:
         int(config.get("batch_size", 16)),
         len(todo),
         run_name(config),
-        slow_ratio=float(config.get("slow_ratio", 20.0)),
+        slow_ratio=float(config.get("slow_ratio", 50.0)),
     )
     examples = ExampleMaps(run_dir, int(config.get("n_examples", 8)), enabled=rank == 0)
     bar = tqdm(
