@@ -36,9 +36,9 @@ OVERRIDES = (
 )
 
 
-def config_for(output: Path, *overrides: str, slow_ratio: float = 5.0) -> dict:
+def config_for(output: Path, *overrides: str, slow_ratio: float = 5.0, base: tuple = OVERRIDES) -> dict:
     with initialize_config_module(config_module="evalcam.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*OVERRIDES, f"output_dir={output}", *overrides])
+        cfg = compose(config_name="config", overrides=[*base, f"output_dir={output}", *overrides])
     config = OmegaConf.to_container(cfg, resolve=True)
     config["slow_ratio"] = slow_ratio
     return config
@@ -92,7 +92,8 @@ def result_ids(run_dir: Path) -> list[str]:
 
 
 def test_examples_are_drawn_from_the_kept_maps_without_explaining(tmp_path, monkeypatch):
-    config = config_for(tmp_path / "runs", "n_examples=2", "method=gradcam", slow_ratio=1e9)
+    gradcam = ("method=gradcam", *OVERRIDES[2:])
+    config = config_for(tmp_path / "runs", "n_examples=2", slow_ratio=1e9, base=gradcam)
     first = run(config)
     kept = load_example_maps(first.run_dir / EXAMPLE_MAPS)
     assert len(kept) == 2 and kept[0]["map"].shape == (7, 7)  # Lite0's feature resolution
