@@ -55,7 +55,9 @@ def _draw_box(ax, box: Sequence[float], color: str, style: str = "-") -> None:
 def example_grid(rows: Sequence[ExampleRow], path: str | Path, suptitle: str = "") -> Path:
     """One row per image: the image | the map overlaid | predicted box (red) vs ground truth (green)."""
     n = max(len(rows), 1)
-    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
+    # Constrained layout reserves room for the suptitle; tight_layout ignores it, which put the run name
+    # over the first row's panel titles.
+    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False, layout="constrained")
     for ax_row, row in zip(axes, rows, strict=False):
         rgb = row.image.permute(1, 2, 0).cpu().numpy()
         ax_row[0].imshow(rgb)
@@ -72,7 +74,6 @@ def example_grid(rows: Sequence[ExampleRow], path: str | Path, suptitle: str = "
             ax.axis("off")
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=80)
     plt.close(fig)

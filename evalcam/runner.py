@@ -25,11 +25,12 @@ from evalcam import __version__
 from evalcam.data import Sample, SkippedImage, build_dataset, collate_samples
 from evalcam.devices import resolve_device
 from evalcam.figures import ExampleRow, example_grid
-from evalcam.methods import TopK, build_explainer, method_tags
+from evalcam.methods import build_explainer, method_tags
 from evalcam.metrics import build_metrics
 from evalcam.metrics.base import explain_batch
 from evalcam.models import load_model
 from evalcam.naming import run_name as _named
+from evalcam.pacing import ExampleMaps, Pace, load_example_maps
 from evalcam.proxy_heads import apply_head
 from evalcam.requirements import check_requirements, typed_overrides
 from evalcam.results import ResultStore, storage_error, write_atomic
@@ -172,21 +173,38 @@ def run(config: dict[str, Any]) -> RunResult:
         collate_fn=collate_samples,
         pin_memory=device.type == "cuda",
     )
+    # Slow set-ups are announced with an estimate and then saved image by image (see evalcam.pacing).
+    pace = Pace(
+        bundle,
+        device,
+        int(config.get("batch_size", 16)),
+        len(todo),
+        run_name(config),
+        slow_ratio=float(config.get("slow_ratio", 50.0)),
+    )
+    examples = ExampleMaps(run_dir, int(config.get("n_examples", 8)), enabled=rank == 0)
+    bar = tqdm(
+        total=len(todo),
+        desc=run_name(config),
+        unit="image",
+        disable=not config.get("progress", True) or rank != 0,
+    )
     try:
-        for batch in tqdm(
-            loader, desc=run_name(config), unit="batch", disable=not config.get("progress", True) or rank != 0
-        ):
+        for batch in loader:
             samples = [s for s in batch if isinstance(s, Sample)]
             rows: list[dict[str, Any]] = [
                 {"image_id": s.image_id, "status": "skipped", "error": s.reason}
                 for s in batch
                 if isinstance(s, SkippedImage)
             ]
-            for metric in metrics:
-                metric.reset()  # each part stores its own batch's state; the run's state is their sum
-            if samples:
-                rows += evaluate_batch(samples, bundle, explainer, metrics, topk, need_gt, device)
-            store.append(rows, {m.name: m.state_dict() for m in metrics})
+            for part in pace.parts(samples) if samples else [[]]:
+                for metric in metrics:
+                    metric.reset()  # each part stores its own images' state; the run's state is their sum
+                if part:
+                    rows += evaluate_batch(part, bundle, explainer, metrics, topk, need_gt, device, examples)
+                store.append(rows, {m.name: m.state_dict() for m in metrics})
+                bar.update(len(rows))
+                rows = []
     except KeyboardInterrupt:
         # Finished batches are already on disk (atomic parts); say so instead of a bare traceback.
         log.error(
@@ -196,6 +214,8 @@ def run(config: dict[str, Any]) -> RunResult:
             run_dir,
         )
         raise
+    finally:
+        bar.close()
 
     if world > 1:
         import torch.distributed as dist
@@ -221,10 +241,19 @@ def run(config: dict[str, Any]) -> RunResult:
 
 
 def evaluate_batch(
-    samples: list[Sample], bundle, explainer, metrics, topk: int, need_gt: bool, device: torch.device
+    samples: list[Sample],
+    bundle,
+    explainer,
+    metrics,
+    topk: int,
+    need_gt: bool,
+    device: torch.device,
+    examples: ExampleMaps | None = None,
 ) -> list[dict[str, Any]]:
     inputs = bundle.preprocess([s.image for s in samples], device)
     eval_batch = explain_batch(samples, inputs, bundle, explainer, topk, need_gt)
+    if examples is not None:
+        examples.add(eval_batch)
     probs = eval_batch.logits.softmax(-1).gather(1, eval_batch.pred_classes).cpu()
     rows = [
         {
@@ -335,21 +364,28 @@ def intervals(config, metrics, table: pd.DataFrame, values: dict[str, float]) ->
 
 
 def draw_examples(config, run_dir: Path, table: pd.DataFrame, bundle, explainer, dataset) -> None:
-    """Figure of the first few images: image | top-1 map | predicted vs ground-truth boxes."""
+    """Figure of the first few images: image | top-1 map | predicted vs ground-truth boxes.
+
+    The maps are the ones the run computed (``example_maps.pt``, :mod:`evalcam.pacing`): nothing is
+    explained again. A run folder from before they were kept gets no new figure (its old one stays).
+    """
     count = int(config.get("n_examples", 8))
     if count <= 0 or not len(table):
         return
+    stored = load_example_maps(run_dir / "example_maps.pt")[:count]
+    if not stored:
+        log.info("no stored example maps in %s: examples.png is not redrawn", run_dir)
+        return
     by_id = table.set_index("image_id")
+    index_of = {image_id: i for i, image_id in enumerate(dataset.ids)}
     rows = []
-    for index in range(len(dataset)):
-        if len(rows) >= count:
-            break
-        sample = dataset[index]
+    for entry in stored:
+        if entry["image_id"] not in index_of:
+            continue
+        sample = dataset[index_of[entry["image_id"]]]
         if not isinstance(sample, Sample):
             continue
-        inputs = bundle.preprocess([sample.image], bundle.device)
-        explanation = explainer.explain(inputs, TopK(1))
-        cls = int(explanation.classes[0, 0])
+        cls = int(entry["class"])
         record = by_id.loc[sample.image_id] if sample.image_id in by_id.index else {}
         box = record.get("weak_loc.top1_box") if hasattr(record, "get") else None
         name = bundle.categories[cls] if cls < len(bundle.categories) else str(cls)
@@ -357,10 +393,11 @@ def draw_examples(config, run_dir: Path, table: pd.DataFrame, bundle, explainer,
         rows.append(
             ExampleRow(
                 image=sample.image,
-                cam=explanation.maps[0, 0],
+                cam=entry["map"],
                 title=f"{sample.image_id}: {name}",
                 pred_box=None if box is None else list(box),
                 gt_boxes=gt,
             )
         )
-    example_grid(rows, run_dir / "examples.png", suptitle=run_name(config))
+    if rows:
+        example_grid(rows, run_dir / "examples.png", suptitle=run_name(config))

@@ -12,6 +12,10 @@ The artifact root is matched the same way. ``mlflow ui`` would give the experime
 its artifacts. So new experiments get the local folder a direct client would use (``./mlruns``), which
 both kinds of client can write and the server serves to the UI.
 
+The wrapper owns what it starts (:mod:`evalcam.children`): SIGTERM or SIGINT (Ctrl-C) stops the MLflow
+server, its uvicorn workers and its job runners, and nothing it started outlives it. It says when the
+server answers (``/health``), not merely when it was launched.
+
 The server listens on the loopback interface only; exposing it is a deliberate act (``mlflow server``
 with ``--allowed-hosts``), not something a convenience command should do. That is also what makes the
 local artifact folder safe: every client of a loopback server is on this machine.
@@ -23,13 +27,20 @@ import argparse
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+
+from evalcam.children import become_subreaper, stop_tree
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +201,34 @@ def experiment_links(backend_store_uri: str, base: str) -> list[tuple[str, str]]
     return links
 
 
+class _Stop(BaseException):
+    """Raised by the signal handlers so the main loop unwinds into the clean-up; a BaseException (like
+    KeyboardInterrupt) so that no ``except Exception`` on the way, e.g. around the experiment links,
+    swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise _Stop(signum)
+
+
+def healthy(base: str) -> bool:
+    """Whether the MLflow server at ``base`` answers its health check."""
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def serve(argv: Sequence[str]) -> int:
-    """Run the MLflow UI in the foreground until Ctrl-C; returns its exit status."""
+    """Run the MLflow UI in the foreground until SIGINT/SIGTERM, then stop every process it started.
+
+    Returns 0 after such a stop, else the server's own exit status (e.g. when it could not start).
+    """
     options = parse_args(argv)
     uri = options.backend_store_uri or default_backend_store_uri()
     if is_remote(uri):
@@ -204,7 +241,45 @@ def serve(argv: Sequence[str]) -> int:
     if port_in_use(options.port):
         raise ValueError(f"port {options.port} on {HOST} is already in use; choose another with --port N")
     base = base_url(options.port)
-    print(f"MLflow UI for {uri}\n  {base}")
+    print(f"MLflow UI for {uri}\n  starting on {base} ...", flush=True)
+    env = {**os.environ}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the server must use --backend-store-uri, nothing else
+    # MLflow 3's job runner (GenAI scorers, periodic jobs: 8 more processes) is not needed to browse runs;
+    # it stays available to whoever sets the variable.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    become_subreaper()
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    proc: subprocess.Popen | None = None
+    try:
+        # Its own session: a terminal's Ctrl-C reaches the wrapper only, which then stops the whole tree
+        # in order, instead of every process receiving SIGINT at once.
+        proc = subprocess.Popen(server_command(options, uri), env=env, start_new_session=True)
+        ready = False
+        while proc.poll() is None:
+            if not ready and healthy(base):
+                ready = True
+                _announce(uri, base)
+            time.sleep(0.2)
+        return int(proc.returncode)
+    except _Stop as stop:
+        log.debug("stopping the MLflow UI on %s", stop)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc is not None:
+            # Signals are ignored meanwhile: a second Ctrl-C must not abandon the clean-up half way.
+            ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in previous}
+            try:
+                stopped = stop_tree(proc)
+            finally:
+                for sig, handler in ignored.items():
+                    signal.signal(sig, handler)
+            print(f"MLflow UI stopped ({len(stopped) + 1} process(es) ended).", flush=True)
+
+
+def _announce(uri: str, base: str) -> None:
+    print(f"MLflow UI ready: {base}", flush=True)
     try:
         links = experiment_links(uri, base)
     except Exception as err:  # the links are a convenience; the UI itself lists every experiment anyway
@@ -213,9 +288,3 @@ def serve(argv: Sequence[str]) -> int:
     for name, url in links:
         print(f"  runs of {name}: {url}")
     print("(Ctrl-C stops it)", flush=True)
-    env = {**os.environ}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the server must use --backend-store-uri, nothing else
-    try:
-        return subprocess.call(server_command(options, uri), env=env)
-    except KeyboardInterrupt:
-        return 0

@@ -4,6 +4,7 @@ target specs, batch invariance, hooks, memory, token (ViT-style) layers and the 
 from __future__ import annotations
 
 import gc
+import math
 import sys
 import warnings
 
@@ -269,28 +270,23 @@ def test_rise_is_eq6_by_hand_for_any_chunking(images):
 
 def test_rise_masks_are_the_authors_construction():
     """Against the RISE authors' recipe written independently with scikit-image: each s x s grid is resized
-    bilinearly (order=1) to (s + 1) * C px, C = ceil(H / s), then cropped at the mask's shift. Equal wherever
-    the resize interpolates between grid cells; within half a cell of the resized border the authors'
-    ``mode="reflect"`` and torch's edge clamping differ, so that strip is left out."""
+    bilinearly (order=1, mode="reflect") to (s + 1) * C px, C = ceil(H / s), then cropped at the mask's shift.
+    Equal everywhere, the border band included, for a square and a non-square input."""
     resize = pytest.importorskip("skimage.transform").resize
-    s, size, cell = 7, 224, 32
-    grids, shifts = rise_grids(12, s, 0.5, seed=0)
-    masks = rise_masks(grids, shifts, (size, size))
-    assert masks.shape == (12, size, size) and masks.min() >= 0 and masks.max() <= 1
-    up = (s + 1) * cell
-    factor = up / s
-    inside = torch.tensor([factor / 2 - 0.5 <= j <= (s - 0.5) * factor - 0.5 for j in range(up)])
-    for i in range(12):
-        big = torch.from_numpy(
-            resize(grids[i].double().numpy(), (up, up), order=1, mode="reflect", anti_aliasing=False)
-        ).float()
-        dy, dx = (int(v) for v in (shifts[i] * cell).long())
-        theirs = big[dy : dy + size, dx : dx + size]
-        keep = inside[dy : dy + size][:, None] & inside[dx : dx + size][None, :]
-        assert keep.float().mean() > 0.8
-        torch.testing.assert_close(masks[i][keep], theirs[keep], atol=1e-5, rtol=0)
+    s = 7
+    for height, width in ((224, 224), (100, 150)):
+        cell_h, cell_w = math.ceil(height / s), math.ceil(width / s)
+        grids, shifts = rise_grids(12, s, 0.5, seed=0)
+        masks = rise_masks(grids, shifts, (height, width))
+        assert masks.shape == (12, height, width) and masks.min() >= 0 and masks.max() <= 1
+        up = ((s + 1) * cell_h, (s + 1) * cell_w)
+        for i in range(12):
+            big = resize(grids[i].double().numpy(), up, order=1, mode="reflect", anti_aliasing=False)
+            dy, dx = int(shifts[i, 0] * cell_h), int(shifts[i, 1] * cell_w)
+            theirs = torch.from_numpy(big[dy : dy + height, dx : dx + width]).float()
+            torch.testing.assert_close(masks[i], theirs, atol=1e-5, rtol=0)
     # On average a fraction p of the image is kept.
-    many = rise_masks(*rise_grids(2000, s, 0.25, seed=1), (size, size))
+    many = rise_masks(*rise_grids(2000, s, 0.25, seed=1), (224, 224))
     assert abs(float(many.mean()) - 0.25) < 0.01
 
 

@@ -83,8 +83,9 @@ def test_threshold_curve_on_the_nested_map():
     v1, v2 = best_ious(levels, quantize(_nested()), np.array([[30, 30, 59, 59]]))
     thresholds = np.arange(0, 1, 0.01)
     low = thresholds < 0.295
-    assert np.allclose(v1[low], 900 / 6400)  # halo box [10..89]^2 vs 30x30 object
-    assert np.allclose(v1[~low], 1.0)
+    # wsolevaluation's boxes reach one pixel past a segment's right/bottom edge (cv2 x + w):
+    assert np.allclose(v1[low], 900 / 81**2)  # halo box [10..90]^2 vs the 30x30 object
+    assert np.allclose(v1[~low], 900 / 31**2)  # object box [30..60]^2
     assert np.array_equal(v1, v2)  # a single segment: V1 and V2 agree
 
 
@@ -93,17 +94,19 @@ def test_maxboxacc_known_answers():
     metric = MaxBoxAcc()
     records = metric.update(_batch(samples, torch.stack([_nested(), _distractor()])))
     out = metric.compute()
-    # V1: t < 0.30 -> 0/2, 0.30 <= t < 0.60 -> 1/2 (distractor's largest segment wins), t >= 0.60 -> 2/2
+    # V1: int(255 t) < 76 -> 0/2, up to level 153 -> 1/2 (the distractor's largest segment wins),
+    # t >= 0.60 -> 2/2. The halo quantizes to 76 (uint8(0.3 * 255)); the lowest step-0.001 threshold
+    # whose level int(255 t) drops it is 0.299.
     assert out["max_box_acc"] == 1.0
     assert out["best_threshold"] == pytest.approx(0.60)
     # V2 sees every segment: the distractor image is right at every threshold, the nested one from 0.30
     for delta in (30, 50, 70):
         assert out[f"max_box_acc_v2_iou{delta}"] == 1.0
-        assert out[f"best_threshold_v2_iou{delta}"] == pytest.approx(0.30)
+        assert out[f"best_threshold_v2_iou{delta}"] == pytest.approx(0.299)
     assert out["max_box_acc_v2"] == 1.0
     assert out["pairs"] == 2.0 and out["degenerate_maps"] == 0.0
-    assert records[0]["maxboxacc.best_iou"] == [pytest.approx(1.0)]
-    assert records[0]["maxboxacc.best_iou_threshold"] == [pytest.approx(0.30)]
+    assert records[0]["maxboxacc.best_iou"] == [pytest.approx(900 / 31**2)]  # box [30..60]^2
+    assert records[0]["maxboxacc.best_iou_threshold"] == [pytest.approx(0.299)]
 
 
 def test_fixed_threshold_reads_the_curve_instead_of_maximizing():

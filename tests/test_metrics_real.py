@@ -75,42 +75,56 @@ def test_maxboxacc_gradcam_beats_random(batches):
     assert 0.0 < gradcam["best_threshold"] < 1.0
 
 
-def _cv2_hits(cam: np.ndarray, gt: np.ndarray, thresholds: np.ndarray, delta: float = 0.5) -> np.ndarray:
-    """wsolevaluation's thresholding with OpenCV, boxes from cv2's 8-connected component statistics."""
+def _cv2_hits(cam: np.ndarray, gt: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """wsolevaluation's ``compute_bboxes_from_scoremaps`` and ``calculate_multiple_iou`` with OpenCV: per
+    threshold, whether the largest contour's box (V1) / some contour's box (V2) has IoU >= 0.5."""
     import cv2
 
     cam = cam.astype(np.float32)
     cam = (cam - cam.min()) / (cam.max() - cam.min())  # normalize_scoremap
     image = (cam * 255).astype(np.uint8)
-    hits = np.zeros(len(thresholds), dtype=bool)
-    for t, threshold in enumerate(thresholds):
-        _, binary = cv2.threshold(image, int(threshold * np.max(image)), 255, cv2.THRESH_BINARY)
-        count, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-        if count <= 1:
-            continue
-        x, y, w, h, _ = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
-        box = np.array([x, y, x + w - 1, y + h - 1], dtype=np.float64)
+    height, width = image.shape
+
+    def box_of(contour) -> np.ndarray:
+        x, y, w, h = cv2.boundingRect(contour)
+        return np.array([x, y, min(x + w, width - 1), min(y + h, height - 1)], dtype=np.float64)
+
+    def best_iou(box: np.ndarray) -> float:
         ix = np.clip(np.minimum(box[2], gt[:, 2]) - np.maximum(box[0], gt[:, 0]) + 1, 0, None)
         iy = np.clip(np.minimum(box[3], gt[:, 3]) - np.maximum(box[1], gt[:, 1]) + 1, 0, None)
         inter = ix * iy
-        union = w * h + (gt[:, 2] - gt[:, 0] + 1) * (gt[:, 3] - gt[:, 1] + 1) - inter
-        hits[t] = (inter / union).max() >= delta
-    return hits
+        area = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
+        return float((inter / (area + (gt[:, 2] - gt[:, 0] + 1) * (gt[:, 3] - gt[:, 1] + 1) - inter)).max())
+
+    v1 = np.zeros(len(thresholds), dtype=bool)
+    v2 = np.zeros(len(thresholds), dtype=bool)
+    for t, threshold in enumerate(thresholds):
+        _, binary = cv2.threshold(image, int(threshold * np.max(image)), 255, cv2.THRESH_BINARY)
+        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+        if len(contours) == 0:
+            continue
+        v1[t] = best_iou(box_of(max(contours, key=cv2.contourArea))) >= 0.5
+        v2[t] = max(best_iou(box_of(c)) for c in contours) >= 0.5
+    return v1, v2
 
 
-def test_maxboxacc_curve_equals_an_opencv_reference(batches):
+def test_maxboxacc_curves_equal_wsolevaluation_with_opencv(batches):
     pytest.importorskip("cv2")
     batch = batches["gradcam"]
     metric = build_metrics({"maxboxacc": {}}, "cpu")[0]
     metric.update(batch)
-    expected = np.zeros(len(metric.thresholds))
+    expected_v1 = np.zeros(len(metric.thresholds))
+    expected_v2 = np.zeros(len(metric.thresholds))
     for i, sample in enumerate(batch.samples):
         cls = sample.labels[0]
         cam = resize_map(batch.gt_maps[i, 0], sample.size).numpy()
         gt = sample.boxes[cls].numpy().astype(np.float64)
-        expected += _cv2_hits(cam, gt, metric.thresholds)
+        v1, v2 = _cv2_hits(cam, gt, metric.thresholds)
+        expected_v1 += v1
+        expected_v2 += v2
     row = metric.deltas.index(50)
-    assert np.array_equal(metric.hits_v1[row].numpy(), expected)
+    assert np.array_equal(metric.hits_v1[row].numpy(), expected_v1)
+    assert np.array_equal(metric.hits_v2[row].numpy(), expected_v2)
 
 
 ALL = {

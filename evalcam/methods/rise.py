@@ -4,8 +4,12 @@
 
 Masks (Sec. 3.2): ``N`` binary ``s x s`` grids, each cell kept with probability ``p``, upsampled bilinearly to
 ``(s + 1) * C`` (``C = ceil(H / s)`` the cell size) and cropped to ``H x W`` at a random shift in ``[0, C)``,
-so their edges fall anywhere, not on a fixed lattice. ``I * M`` multiplies the network input, so a masked-out
-pixel becomes 0 in the normalized space, the dataset's mean colour (the authors' code does the same).
+so their edges fall anywhere, not on a fixed lattice. The upsampling is the authors' exactly
+(``skimage.transform.resize(grid, up_size, order=1, mode='reflect', anti_aliasing=False)`` in their
+``generate_masks``): half-pixel centres, and outside the grid's outermost cell centres the grid is mirrored
+without repeating the edge cell (numpy's ``reflect``), where ``F.interpolate`` would clamp to the edge.
+``I * M`` multiplies the network input, so a masked-out pixel becomes 0 in the normalized space, the
+dataset's mean colour (the authors' code does the same).
 
 ``f`` is the target's softmax probability by default (the paper's black-box setting). ``score: sigmoid`` is
 TorchRay's variant for its multi-label VOC/COCO models (which also uses 8000 masks and divides by ``N`` only:
@@ -22,7 +26,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from evalcam.methods.base import Explainer, Explanation, Targets, resolve_targets
@@ -41,20 +44,42 @@ def rise_grids(num_masks: int, cells: int, p: float, seed: int) -> tuple[torch.T
     return grids, shifts
 
 
+def _reflect_weights(out: int, cells: int, offset: torch.Tensor, length: int) -> torch.Tensor:
+    """Bilinear weights ``[n, length, cells]``: rows ``offset .. offset + length - 1`` of a grid axis of
+    ``cells`` resized to ``out`` with half-pixel centres and numpy-``reflect`` borders (skimage's
+    ``resize(order=1, mode='reflect')``)."""
+    rows = offset[:, None] + torch.arange(length, device=offset.device)  # [n, length]
+    src = (rows.double() + 0.5) * (cells / out) - 0.5
+    low = torch.floor(src)
+    frac = (src - low).float()
+    low = low.long()
+
+    def reflect(index: torch.Tensor) -> torch.Tensor:
+        if cells == 1:
+            return torch.zeros_like(index)
+        period = 2 * (cells - 1)
+        index = torch.remainder(index, period)
+        return torch.where(index >= cells, period - index, index)
+
+    weights = torch.zeros(*rows.shape, cells, device=offset.device)
+    weights.scatter_add_(-1, reflect(low)[..., None], (1 - frac)[..., None])
+    weights.scatter_add_(-1, reflect(low + 1)[..., None], frac[..., None])
+    return weights
+
+
 def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Smooth masks ``[n, H, W]`` in ``[0, 1]`` from grids ``[n, s, s]`` and shift fractions ``[n, 2]``."""
     height, width = size
     cells = grids.shape[-1]
     cell_h, cell_w = math.ceil(height / cells), math.ceil(width / cells)
-    big = ((cells + 1) * cell_h, (cells + 1) * cell_w)
-    upsampled = F.interpolate(grids[:, None], size=big, mode="bilinear", align_corners=False)[:, 0]
     dy = (shifts[:, 0] * cell_h).long().clamp_max(cell_h - 1)
     dx = (shifts[:, 1] * cell_w).long().clamp_max(cell_w - 1)
-    rows = dy[:, None] + torch.arange(height, device=grids.device)  # [n, H]
-    cols = dx[:, None] + torch.arange(width, device=grids.device)  # [n, W]
-    index = torch.arange(len(grids), device=grids.device)[:, None, None]
-    # Bilinear weights can sum to 1 + 1 ulp; masks must stay in [0, 1].
-    return upsampled[index, rows[:, :, None], cols[:, None, :]].clamp_(0.0, 1.0)
+    # Only the cropped window of the (s + 1) * C resize is ever used: separable weights for it.
+    rows = _reflect_weights((cells + 1) * cell_h, cells, dy.to(grids.device), height)  # [n, H, s]
+    cols = _reflect_weights((cells + 1) * cell_w, cells, dx.to(grids.device), width)  # [n, W, s]
+    masks = torch.einsum("nhs,nst,nwt->nhw", rows, grids.float(), cols)
+    # Weights can sum to 1 + 1 ulp; masks must stay in [0, 1].
+    return masks.clamp_(0.0, 1.0)
 
 
 class RISE(Explainer):

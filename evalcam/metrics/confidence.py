@@ -10,11 +10,22 @@ map, ``E = I ⊙ L`` with ``L`` upsampled bilinearly to the input and min-max no
 Both are logged as fractions in [0, 1], like every evalcam metric; the paper's percentages are these
 x 100 (``experiments/avg_drop.yaml`` shows them with ``scale: 100``).
 
-Both come from the same forwards, so one metric reports both. The product is taken in pixel space
-(``space="pixel"``: masked-out pixels become black, as ``I`` in the paper is the image) and the result is
-normalized like any input; ``space="normalized"`` multiplies the normalized tensor instead (masked-out
-pixels become the mean colour, as some re-implementations do). A degenerate map (NaN/Inf or constant)
-keeps nothing: ``L = 0``; it is counted in ``degenerate_maps``.
+Both come from the same forwards, so one metric reports both.
+
+Which space ``I`` lives in changes the numbers (masked-out pixels become black, or the dataset's mean
+colour), so it is a setting, ``space``, and the default is the paper's:
+
+- ``space="pixel"`` (default): the product is taken on the image in pixel space and the result is
+  normalized like any input. This is the Grad-CAM++ paper's: Sec. 5.1 defines ``E^c = L^c ∘ I`` with ``I``
+  the image, and the authors' released pipeline (adityac94/Grad_CAM_plus_plus, ``misc/utils.py``) feeds
+  its VGG-16 (the tensorflow-vgg ``Vgg16.build(rgb)`` API: RGB in [0, 1], the mean subtracted inside the
+  graph) the image itself, so ``L ∘ I`` there is a product in pixel space. Their evaluation script was not
+  released.
+- ``space="normalized"``: multiplies the normalized network input (masked-out pixels become the mean
+  colour), what pytorch-grad-cam does (``input_tensor * cam`` in its confidence-change metrics); use it to
+  compare with numbers made with that library (identical to 3e-8 on the same maps).
+
+A degenerate map (NaN/Inf or constant) keeps nothing: ``L = 0``; it is counted in ``degenerate_maps``.
 """
 
 from __future__ import annotations

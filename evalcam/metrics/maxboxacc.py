@@ -17,11 +17,16 @@ State: per-threshold hit counts for every δ, so partial runs merge exactly. ``b
 maximizing ``t`` (lowest on ties). Choe et al. pick ``t`` on a held-out split: pass the value found on one
 run as ``fixed_threshold`` to another and the accuracies are read at that threshold instead of maximized.
 
-Differences from wsolevaluation, all deliberate: boxes are tight and inclusive (``[x0, y0, x1, y1]`` with
-``x1`` the last pixel; wsolevaluation's ``x + w`` makes its boxes one pixel wider and taller), segments
-are 8-connected components measured in pixels (wsolevaluation ranks cv2 contours by polygon area and, in
-V2, also lists hole contours), and an empty binarized map yields no box (wsolevaluation scores a 1-pixel
-box at the origin). Accuracies are fractions in [0, 1], not percentages.
+Boxes follow wsolevaluation exactly (:mod:`evalcam.metrics.contours`): every contour that
+``cv2.findContours(RETR_TREE)`` returns, outer borders of 8-connected segments *and* borders of their
+holes, is boxed as ``[x, y, x + w, y + h]`` from ``cv2.boundingRect`` clipped to the image, i.e. the box
+reaches one pixel past the segment's right and bottom edge (not past the image); V1 takes the contour of
+largest polygon area (``cv2.contourArea``, OpenCV's list order on ties), V2 all of them. IoU counts
+pixels inclusively (``(x1 - x0 + 1) * (y1 - y0 + 1)``, wsolevaluation's ``calculate_multiple_iou``).
+The threshold step defaults to wsolevaluation's ``cam_curve_interval=0.001``. One deliberate difference:
+an empty binarized map yields no box (wsolevaluation scores a 1-pixel box at the origin); it cannot occur
+on a non-degenerate map, whose maximum quantizes to 255 above every level ``int(255 t)``, t < 1.
+Accuracies are fractions in [0, 1], not percentages.
 
 Degenerate maps (NaN/Inf or constant): wsolevaluation's ``normalize_scoremap`` turns them into all-zero
 maps, which binarize to nothing at every threshold; here likewise they miss at every threshold and are
@@ -45,6 +50,7 @@ from scipy import ndimage
 
 from evalcam.metrics.base import EvalBatch, Metric
 from evalcam.metrics.boxes import EIGHT_CONNECTED
+from evalcam.metrics.contours import contour_boxes
 from evalcam.metrics.regions import clipped_boxes
 from evalcam.metrics.stats import flat_maps
 from evalcam.requirements import Needs
@@ -97,7 +103,7 @@ def iou_matrix(boxes: np.ndarray, gt: np.ndarray) -> np.ndarray:
 def best_ious(
     levels: np.ndarray, quantized: np.ndarray | None, gt: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per threshold level: IoU of the largest segment's box (V1) and best IoU over all segments (V2)."""
+    """Per threshold level: IoU of the largest contour's box (V1) and best IoU over all contours (V2)."""
     v1 = np.zeros(len(levels))
     v2 = np.zeros(len(levels))
     if quantized is None or len(gt) == 0:
@@ -105,13 +111,12 @@ def best_ious(
     cache: dict[int, tuple[float, float]] = {}
     for t, level in enumerate(levels.tolist()):
         if level not in cache:
-            boxes, sizes = segment_boxes(quantized > level)
+            boxes, largest = contour_boxes(quantized > level)
             if len(boxes) == 0:
                 cache[level] = (0.0, 0.0)
             else:
                 ious = iou_matrix(boxes, gt).max(1)
-                # argmax takes the lowest label on ties: the first segment in raster order.
-                cache[level] = (float(ious[int(np.argmax(sizes))]), float(ious.max()))
+                cache[level] = (float(ious[largest]), float(ious.max()))
         v1[t], v2[t] = cache[level]
     return v1, v2
 
@@ -130,7 +135,7 @@ class MaxBoxAcc(Metric):
     def __init__(
         self,
         device: torch.device | str = "cpu",
-        cam_curve_interval: float = 0.01,
+        cam_curve_interval: float = 0.001,
         iou: int = 50,
         iou_thresholds: Sequence[int] = (30, 50, 70),
         fixed_threshold: float | None = None,

@@ -95,6 +95,9 @@ class PointingGame(Metric):
         records = []
         hits = torch.zeros(2, 2, self.num_classes, dtype=torch.float64)  # [subset all/difficult, hit/miss, C]
         skipped = degenerate = 0
+        # A method that defines its point directly (the centre baseline: TorchRay's (w/2, h/2)) is scored
+        # at that point, not at the argmax of its resampled map.
+        fixed_point = getattr(batch.explainer, "pointing_point", None)
         for i, (sample, pairs) in enumerate(zip(batch.samples, _gt_pairs(batch), strict=True)):
             difficult = ebp_difficult_classes(sample, self.difficult_area)
             outcome, points = [], []
@@ -113,7 +116,7 @@ class PointingGame(Metric):
                     degenerate += 1
                     hit, point = False, None
                 else:
-                    point = argmax_point(cam)
+                    point = argmax_point(cam) if fixed_point is None else fixed_point(sample.size)
                     hit = pointing_hit(point, sample, cls, self.tolerance)
                 hits[0, 0 if hit else 1, cls] += 1
                 if cls in difficult:

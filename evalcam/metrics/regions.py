@@ -105,7 +105,7 @@ def argmax_point(cam: torch.Tensor) -> tuple[int, int]:
     return index % width, index // width
 
 
-def pointing_hit(point: tuple[int, int], sample: Sample, cls: int, tolerance: float = 15) -> bool:
+def pointing_hit(point: tuple[float, float], sample: Sample, cls: int, tolerance: float = 15) -> bool:
     """TorchRay's test: a region pixel at distance ``< tolerance`` from ``point`` = ``(x, y)``."""
     x, y = point
     tol2 = float(tolerance) ** 2

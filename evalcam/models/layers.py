@@ -23,10 +23,18 @@ def conv_like_layers(model: nn.Module) -> list[str]:
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
-    """Return ``model``'s submodule called ``name`` (``features.29``, ``layer4``, ``head_act``...)."""
+    """Return ``model``'s submodule called ``name`` (``features.29``, ``layer4``, ``head_act``...).
+
+    The dotted path is followed first (``get_submodule``): ``named_modules()`` lists a module instance only
+    under the first name it meets, so a module shared under several names (one ReLU reused everywhere)
+    would otherwise be unreachable by its other paths.
+    """
+    if name:
+        try:
+            return model.get_submodule(name)
+        except AttributeError:
+            pass
     modules = dict(model.named_modules())
-    if name in modules and name:
-        return modules[name]
     close = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.5)
     candidates = close or conv_like_layers(model)[:8]
     raise LayerNotFoundError(

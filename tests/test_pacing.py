@@ -1,0 +1,140 @@
+"""Slow set-ups are bearable (evalcam.pacing): an estimate from a short measurement, image-by-image saving
+with the same numbers as whole batches, Ctrl-C inside a batch keeping the finished images, and
+examples.png drawn from the maps the run kept instead of explaining again."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import cli_pausing_after_batch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from evalcam import runner
+from evalcam.pacing import EXAMPLE_MAPS, duration, load_example_maps
+from evalcam.runner import run
+
+IMAGES = 3
+# RISE with 128 masks: ~128 forward passes per image, far above the slow threshold set here (5).
+OVERRIDES = (
+    "method=rise",
+    "method.params.num_masks=128",
+    "dataset=sample",
+    f"dataset.limit={IMAGES}",
+    "batch_size=3",
+    "metrics=[weak_loc]",
+    "device=cpu",
+    "mlflow=false",
+    "progress=false",
+)
+
+
+def config_for(output: Path, *overrides: str, slow_ratio: float = 5.0, base: tuple = OVERRIDES) -> dict:
+    with initialize_config_module(config_module="evalcam.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*base, f"output_dir={output}", *overrides])
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["slow_ratio"] = slow_ratio
+    return config
+
+
+def parts(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "per_image").glob("part-*.parquet"))
+
+
+def same_numbers(got: dict[str, float], want: dict[str, float]) -> None:
+    assert set(got) == set(want)
+    for key, value in want.items():
+        if key != "run/seconds":
+            assert got[key] == pytest.approx(value, abs=1e-9), key
+
+
+@pytest.fixture(scope="module")
+def batched(tmp_path_factory):
+    """The whole batch at once: no run is slow under a threshold of 1e9 forwards per image."""
+    config = config_for(tmp_path_factory.mktemp("batched") / "runs", "n_examples=0", slow_ratio=1e9)
+    result = run(config)
+    return config, result
+
+
+def test_duration_text():
+    assert [duration(s) for s in (0.25, 12.4, 250, 3 * 3600 + 300)] == ["0.2s", "12s", "4m10s", "3h05m"]
+
+
+def test_slow_run_is_announced_saved_per_image_and_gives_the_batch_numbers(tmp_path, batched, caplog):
+    _, batch_result = batched
+    assert len(parts(batch_result.run_dir)) == 2  # the first image alone (timed), then the batch's rest
+    config = config_for(tmp_path / "runs", "n_examples=2")
+    with caplog.at_level(logging.INFO, logger="evalcam.pacing"):
+        result = run(config)
+    (line,) = [r.getMessage() for r in caplog.records if "slow set-up" in r.getMessage()]
+    assert f"forward passes per image x {IMAGES} image(s)" in line and "s/image measured" in line
+    assert "Ctrl-C keeps every finished image" in line
+    assert len(parts(result.run_dir)) == IMAGES  # image by image
+    same_numbers(result.metrics, batch_result.metrics)
+
+    kept = load_example_maps(result.run_dir / EXAMPLE_MAPS)
+    assert [e["image_id"] for e in kept] == list(result_ids(result.run_dir))[:2]
+    assert all(e["map"].shape == (224, 224) for e in kept)  # RISE maps are at input resolution
+    assert (result.run_dir / "examples.png").is_file()
+
+
+def result_ids(run_dir: Path) -> list[str]:
+    import pandas as pd
+
+    return pd.read_parquet(run_dir / "per_image.parquet")["image_id"].tolist()
+
+
+def test_examples_are_drawn_from_the_kept_maps_without_explaining(tmp_path, monkeypatch):
+    gradcam = ("method=gradcam", *OVERRIDES[2:])
+    config = config_for(tmp_path / "runs", "n_examples=2", slow_ratio=1e9, base=gradcam)
+    first = run(config)
+    kept = load_example_maps(first.run_dir / EXAMPLE_MAPS)
+    assert len(kept) == 2 and kept[0]["map"].shape == (7, 7)  # Lite0's feature resolution
+    (first.run_dir / "examples.png").unlink()
+
+    def no_explaining(self, *args, **kwargs):
+        raise AssertionError("examples.png must not explain images again")
+
+    from evalcam.methods.base import Explainer
+
+    monkeypatch.setattr(Explainer, "explain", no_explaining)
+    again = run(config)  # every image is done: only the summary and the figure are written again
+    assert (again.run_dir / "examples.png").is_file()
+    assert torch.equal(load_example_maps(again.run_dir / EXAMPLE_MAPS)[1]["map"], kept[1]["map"])
+
+
+@pytest.mark.slow
+def test_ctrl_c_inside_a_batch_keeps_the_finished_images(tmp_path, batched):
+    _, batch_result = batched
+    output = tmp_path / "runs"
+    args = ["run", *OVERRIDES, "n_examples=0", f"output_dir={output}", "slow_ratio=5"]
+    # Paused after the 2nd part: two of the batch's three images are saved, the third is not started.
+    cmd = cli_pausing_after_batch(args, batches=2, seconds=30)
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list(output.glob("*/per_image/part-*.parquet"))) >= 2:
+                proc.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.01)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, out[-2000:]
+    assert f"interrupted: 2 of {IMAGES} images are saved" in out, out[-2000:]
+    config = config_for(output, "n_examples=0")
+    run_dir = runner.run_directory(config)
+    assert len(parts(run_dir)) == 2 and not (run_dir / "summary.json").exists()
+    resumed = run(config)
+    assert len(parts(run_dir)) == IMAGES
+    same_numbers(resumed.metrics, batch_result.metrics)
