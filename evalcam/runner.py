@@ -73,7 +73,9 @@ def run_name(config: dict[str, Any]) -> str:
 
 
 def run_directory(config: dict[str, Any]) -> Path:
-    identity_of = {k: config.get(k) for k in RESULT_KEYS}
+    # Seeds as the run resolves them: a config with null seeds names the same folder as its resolved copy.
+    resolved = resolve_seeds(config)
+    identity_of = {k: resolved.get(k) for k in RESULT_KEYS}
     if isinstance(identity_of.get("model"), dict) and identity_of["model"].get("head") is None:
         # model.head=null is the model's own head: folders of runs from before the key existed still match.
         identity_of["model"] = {k: v for k, v in identity_of["model"].items() if k != "head"}

@@ -45,6 +45,7 @@ from evalcam.metrics.robustness import AdversarialRobustness
 from evalcam.metrics.sanity import CascadingRandomization
 from evalcam.metrics.smprt import SmoothMPRT
 from evalcam.metrics.sufficiency import Sufficiency
+from evalcam.stats.seed import derive_seed
 
 METRICS: dict[str, type[Metric]] = {
     "weak_loc": WeakLocalization,
@@ -115,10 +116,15 @@ def build_metrics(
                 f"metrics {seen[canonical_name(name)]!r} and {name!r} are the same metric; select it once"
             )
         seen[canonical_name(name)] = name
-    return [
-        METRICS[canonical_name(name)](device=device, **dict(params or {}))
-        for name, params in settings.items()
-    ]
+    built = []
+    for name, params in settings.items():
+        kwargs = dict(params or {})
+        if "seed" in kwargs and kwargs["seed"] is None:
+            # The runner derives null seeds from the run's `seed` first (evalcam.stats.seed); outside a
+            # run, the same derivation from the default seed 0.
+            kwargs["seed"] = derive_seed(0, name)
+        built.append(METRICS[canonical_name(name)](device=device, **kwargs))
+    return built
 
 
 __all__ = ["ALIASES", "METRICS", "EvalBatch", "Metric", "build_metrics", "canonical_name"]

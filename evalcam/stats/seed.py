@@ -12,11 +12,11 @@ import copy
 import hashlib
 from typing import Any
 
-# (path in the config, purpose): config entries that are filled from the top-level seed when null.
+# (path in the config, purpose): config entries that are filled from the top-level seed when null. Every
+# selected metric's ``seed`` is too, with the metric's name as its purpose (PGD starts, re-initialization,
+# noise draws, mosaics, ...).
 SEEDED: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("method", "params", "seed"), "method"),  # RISE masks, the random baseline
-    (("metrics", "robustness", "seed"), "robustness"),  # PGD random starts
-    (("metrics", "sanity", "seed"), "sanity"),  # cascading re-initialization
+    (("method", "params", "seed"), "method"),  # RISE masks, the random baseline, sampling methods
     (("stats", "seed"), "bootstrap"),
 )
 
@@ -37,7 +37,9 @@ def resolve_seeds(config: dict[str, Any]) -> dict[str, Any]:
     seed = out.setdefault("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got seed={seed!r}")
-    for path, purpose in SEEDED:
+    metrics = out.get("metrics")
+    paths = [*SEEDED, *((("metrics", name, "seed"), name) for name in (metrics or {}))]
+    for path, purpose in paths:
         node = out
         for key in path[:-1]:
             node = node.get(key) if isinstance(node, dict) else None
