@@ -39,8 +39,10 @@ everything else goes to ``attribute``; layer attributions get ``target_layer`` a
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
+import random
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -49,6 +51,7 @@ import torch
 from torch import nn
 
 from evalcam.methods.base import Explainer, Explanation, Targets, resolve_targets
+from evalcam.methods.hooks import forward_hooks
 from evalcam.models.layers import resolve_layer
 
 PREFIX = "captum/"
@@ -99,12 +102,83 @@ def slic_masks(images: torch.Tensor, n_segments: int, compactness: float) -> tor
     return torch.stack(masks)[:, None].to(images.device)
 
 
+class _Scored(nn.Module):
+    """``x -> f(model(x))`` as a module (DeepLift hooks into its forward function's modules)."""
+
+    def __init__(self, model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.model(x))
+
+
+class _CallSites(nn.Module):
+    """Stands in for an activation module called at several places of one forward pass: call ``i`` of a
+    pass goes to its own copy ``sites[i]``, so Captum's DeepLift (which keeps per-module state) sees each
+    use as a separate module. A forward pre-hook on the root resets the counter at every pass."""
+
+    def __init__(self, module: nn.Module, uses: int) -> None:
+        super().__init__()
+        sites = [copy.deepcopy(module) for _ in range(uses)]
+        for site in sites:
+            if hasattr(site, "inplace"):  # DeepLift's hooks need the activation's input intact
+                site.inplace = False
+        self.sites = nn.ModuleList(sites)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        site = self.sites[self.calls % len(self.sites)]
+        self.calls += 1
+        return site(x)
+
+
+def unshare_activations(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` in which every parameter-free leaf module used more than once per forward pass
+    (EfficientNet's shared ``_swish`` ReLU6, a reused ``nn.ReLU``) or in place is split into one
+    out-of-place copy per use. Same function and weights; Captum's DeepLift refuses reused modules.
+    ``model`` itself is returned when nothing needs splitting."""
+    counts: dict[int, int] = {}
+
+    def count(module: nn.Module, _inputs: tuple, _output: Any) -> None:
+        counts[id(module)] = counts.get(id(module), 0) + 1
+
+    leaves = [m for m in model.modules() if not list(m.children()) and not list(m.parameters(recurse=False))]
+    with forward_hooks((m, count) for m in leaves), torch.no_grad():
+        model(images[:1])
+    split = {id(m) for m in leaves if counts.get(id(m), 0) > 1 or getattr(m, "inplace", False)}
+    if not split:
+        return model
+    twin = copy.deepcopy(model)  # deepcopy keeps the sharing: one copy per shared original
+    pairs = zip(
+        model.named_modules(remove_duplicate=False), twin.named_modules(remove_duplicate=False), strict=True
+    )
+    original_of = {id(copied): id(original) for (_, original), (_, copied) in pairs}
+    dispatchers: dict[int, _CallSites] = {}
+    for parent in twin.modules():
+        for child_name, child in list(parent.named_children()):
+            original = original_of.get(id(child))
+            if original in split:
+                if original not in dispatchers:
+                    dispatchers[original] = _CallSites(child, max(counts.get(original, 1), 1))
+                setattr(parent, child_name, dispatchers[original])
+
+    def reset(_module: nn.Module, _inputs: tuple) -> None:
+        for site in dispatchers.values():
+            site.calls = 0
+
+    twin.register_forward_pre_hook(reset)
+    return twin.eval()
+
+
 class CaptumAttribution(Explainer):
     """Adapter: ``captum_class`` names a Captum attribution class; ``init`` its constructor arguments;
     ``**attribute_kwargs`` go to its ``attribute``. See the module docstring for targets and reduction."""
 
     captum_class: ClassVar[str] = ""
     stochastic: ClassVar[bool] = False
+    # DeepLift keeps state on each activation module: reused modules get one copy per use.
+    unshare: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -163,10 +237,19 @@ class CaptumAttribution(Explainer):
         return result.detach().float()
 
     def _seeded(self, forward: Callable, images: torch.Tensor, target: Any) -> torch.Tensor:
+        # Captum draws from torch's, NumPy's (GradientShap) and Python's RNGs: all three are seeded for the
+        # call and restored afterwards, so the caller's global RNG state is untouched.
         devices = [images.device.index or 0] if images.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed)
-            return self._call(forward, images, target)
+        numpy_state, python_state = np.random.get_state(), random.getstate()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed)
+                np.random.seed(self.seed)
+                random.seed(self.seed)
+                return self._call(forward, images, target)
+        finally:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
 
     def attributions(self, images: torch.Tensor, target: torch.Tensor | None, forward: Callable) -> torch.Tensor:
         """Captum's raw attributions for one target column (``target`` ``[B]`` or None for callables)."""
@@ -183,12 +266,13 @@ class CaptumAttribution(Explainer):
         with torch.no_grad(), self._autocast():
             logits = self.model(images).float()
         classes, score_fns = resolve_targets(targets, logits)
+        model = unshare_activations(self.model, images) if self.unshare else self.model
         columns = []
-        for k, fn in enumerate(score_fns):
+        for fn in score_fns:
             if classes is not None:
-                raw = self.attributions(images, classes[:, k], self.model)
+                raw = self.attributions(images, classes[:, len(columns)], model)
             else:
-                raw = self.attributions(images, None, lambda x, fn=fn: fn(self.model(x)))
+                raw = self.attributions(images, None, _Scored(model, fn))
             if raw.ndim == 3:  # a single-channel layer attribution may come back without a channel axis
                 raw = raw[:, None]
             columns.append(reduce_channels(raw, self.reduce))
@@ -246,6 +330,7 @@ class InputXGradient(CaptumAttribution):
 class DeepLift(CaptumAttribution):
     name = "deeplift"
     captum_class = "DeepLift"
+    unshare = True
 
     def __init__(self, model: nn.Module, baseline: float = 0.0, eps: float = 1e-10, **kwargs: Any) -> None:
         super().__init__(model, baselines=baseline, init={"eps": eps}, **kwargs)
@@ -267,6 +352,7 @@ class _DistributionBaselines(CaptumAttribution):
 class DeepLiftShap(_DistributionBaselines):
     name = "deepliftshap"
     captum_class = "DeepLiftShap"
+    unshare = True
 
 
 class ExpectedGradients(_DistributionBaselines):
@@ -302,6 +388,12 @@ class _Superpixels(CaptumAttribution):
 
     def attribute_arguments(self, images: torch.Tensor) -> dict[str, Any]:
         mask = slic_masks(images, self.n_segments, self.compactness)
+        found = int(mask.max()) + 1
+        if found < 2:  # one feature: KernelSHAP's kernel weights and LIME's regression are undefined
+            raise ValueError(
+                f"{self.name}: SLIC found {found} superpixel in a {images.shape[-2]}x{images.shape[-1]} image; "
+                f"raise n_segments (now {self.n_segments}) or lower compactness (now {self.compactness})"
+            )
         return {"feature_mask": mask.expand(-1, images.shape[1], -1, -1)}
 
 
