@@ -113,6 +113,27 @@ class _Scored(nn.Module):
         return self.fn(self.model(x))
 
 
+class _ReLU6AsReLUs(nn.Module):
+    """``ReLU6(x) = ReLU(x) - ReLU(x - 6)``: the same function built from the ReLUs DeepLift has a rule for
+    (Captum's DeepLift has none for ReLU6 and would fall back to the plain gradient there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.low, self.high = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.low(x) - self.high(x - 6.0)
+
+
+def _site(module: nn.Module) -> nn.Module:
+    if isinstance(module, nn.ReLU6):
+        return _ReLU6AsReLUs()
+    site = copy.deepcopy(module)
+    if hasattr(site, "inplace"):  # DeepLift's hooks need the activation's input intact
+        site.inplace = False
+    return site
+
+
 class _CallSites(nn.Module):
     """Stands in for an activation module called at several places of one forward pass: call ``i`` of a
     pass goes to its own copy ``sites[i]``, so Captum's DeepLift (which keeps per-module state) sees each
@@ -120,11 +141,7 @@ class _CallSites(nn.Module):
 
     def __init__(self, module: nn.Module, uses: int) -> None:
         super().__init__()
-        sites = [copy.deepcopy(module) for _ in range(uses)]
-        for site in sites:
-            if hasattr(site, "inplace"):  # DeepLift's hooks need the activation's input intact
-                site.inplace = False
-        self.sites = nn.ModuleList(sites)
+        self.sites = nn.ModuleList([_site(module) for _ in range(uses)])
         self.calls = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,8 +153,10 @@ class _CallSites(nn.Module):
 def unshare_activations(model: nn.Module, images: torch.Tensor) -> nn.Module:
     """A copy of ``model`` in which every parameter-free leaf module used more than once per forward pass
     (EfficientNet's shared ``_swish`` ReLU6, a reused ``nn.ReLU``) or in place is split into one
-    out-of-place copy per use. Same function and weights; Captum's DeepLift refuses reused modules.
-    ``model`` itself is returned when nothing needs splitting."""
+    out-of-place copy per use, and every ReLU6 is rewritten as two ReLUs. Same function and weights;
+    Captum's DeepLift refuses reused modules and has no ReLU6 rule. ``model`` itself is returned when
+    nothing needs changing. Other activations without a DeepLift rule (SiLU, GELU) keep Captum's
+    fallback, the plain gradient."""
     counts: dict[int, int] = {}
 
     def count(module: nn.Module, _inputs: tuple, _output: Any) -> None:
@@ -146,7 +165,11 @@ def unshare_activations(model: nn.Module, images: torch.Tensor) -> nn.Module:
     leaves = [m for m in model.modules() if not list(m.children()) and not list(m.parameters(recurse=False))]
     with forward_hooks((m, count) for m in leaves), torch.no_grad():
         model(images[:1])
-    split = {id(m) for m in leaves if counts.get(id(m), 0) > 1 or getattr(m, "inplace", False)}
+    split = {
+        id(m)
+        for m in leaves
+        if counts.get(id(m), 0) > 1 or getattr(m, "inplace", False) or isinstance(m, nn.ReLU6)
+    }
     if not split:
         return model
     twin = copy.deepcopy(model)  # deepcopy keeps the sharing: one copy per shared original
