@@ -223,15 +223,25 @@ def test_integrated_gradients_completeness_on_lite0(lite0, photo):
     assert abs(float(delta)) < 0.05 * abs(gap)
 
 
-def test_deeplift_sums_to_delta_on_lite0_with_shared_relu6(lite0, photo):
-    """Lite0 reuses one ReLU6 module per block: split and rewritten as ReLUs, DeepLIFT's Rescale rule
-    holds exactly (sum of attributions = F(x) - F(0)), which the plain-gradient fallback would not give."""
+def test_deeplift_on_lite0_with_shared_relu6_equals_captum_on_the_split_twin(lite0, photo):
+    """Lite0 reuses one ReLU6 module per block, which Captum's DeepLift refuses: our DeepLift equals
+    Captum's on the split, ReLU-rewritten twin (which computes the same logits)."""
     target = int(lite0.model(photo).argmax())
-    total = float(build_explainer("deeplift", lite0)(photo, torch.tensor([target])).sum())
-    with torch.no_grad():
-        gap = float(lite0.model(photo)[0, target] - lite0.model(torch.zeros_like(photo))[0, target])
-    assert abs(total - gap) <= 1e-3 * max(1.0, abs(gap))
+    ours = build_explainer("deeplift", lite0)(photo, torch.tensor([target]))
+    twin = unshare_activations(lite0.model, photo)
+    torch.testing.assert_close(twin(photo), lite0.model(photo))
+    expected = captum_attr.DeepLift(twin).attribute(photo, baselines=0.0, target=target).sum(1)
+    assert float((ours - expected).abs().max()) <= 1e-5
     assert count_hooks(lite0.model) == 0
+
+
+def test_deeplift_sums_to_delta_on_a_relu_network(images):
+    """Rescale rule: sum of attributions = F(x) - F(0) exactly on a ReLU/BatchNorm network."""
+    model = net(shared=True)  # reused in-place ReLU: split by the adapter
+    maps = build_explainer("deeplift", bundle(model))(images, torch.tensor([0, 1, 2]))
+    with torch.no_grad():
+        gap = model(images)[torch.arange(3), [0, 1, 2]] - model(torch.zeros_like(images))[0, [0, 1, 2]]
+    torch.testing.assert_close(maps.sum((1, 2)), gap, rtol=1e-4, atol=1e-4)
 
 
 def test_lrp_on_lite0_merges_every_batchnorm_and_restores_the_model(lite0, photo):

@@ -177,14 +177,18 @@ def unshare_activations(model: nn.Module, images: torch.Tensor) -> nn.Module:
         model.named_modules(remove_duplicate=False), twin.named_modules(remove_duplicate=False), strict=True
     )
     original_of = {id(copied): id(original) for (_, original), (_, copied) in pairs}
+    # All slots are listed before any is replaced: new modules must not be visited (or reuse a freed id).
+    slots = [
+        (parent, child_name, original_of[id(child)])
+        for parent in twin.modules()
+        for child_name, child in parent.named_children()
+        if original_of.get(id(child)) in split
+    ]
     dispatchers: dict[int, _CallSites] = {}
-    for parent in twin.modules():
-        for child_name, child in list(parent.named_children()):
-            original = original_of.get(id(child))
-            if original in split:
-                if original not in dispatchers:
-                    dispatchers[original] = _CallSites(child, max(counts.get(original, 1), 1))
-                setattr(parent, child_name, dispatchers[original])
+    for parent, child_name, original in slots:
+        if original not in dispatchers:
+            dispatchers[original] = _CallSites(getattr(parent, child_name), max(counts.get(original, 1), 1))
+        setattr(parent, child_name, dispatchers[original])
 
     def reset(_module: nn.Module, _inputs: tuple) -> None:
         for site in dispatchers.values():
