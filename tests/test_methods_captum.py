@@ -143,7 +143,7 @@ def test_captum_methods_equal_direct_captum_calls(images, name):
         if stochastic:  # one call per image under the method's seed, as the adapter documents
             expected = torch.cat(
                 [
-                    seeded(0, lambda i=i: reference(model, images[i : i + 1], int(CLASSES[i, k])))
+                    seeded(0, lambda i=i, k=k: reference(model, images[i : i + 1], int(CLASSES[i, k])))
                     for i in range(3)
                 ]
             )
@@ -189,14 +189,19 @@ def test_captum_any_class_by_name_and_cli_route(images):
     layer = build_explainer("captum/LayerGradCam", bundle(model)).explain(images, torch.tensor([0, 1, 2]))
     reference = captum_attr.LayerGradCam(model, model.features).attribute(images, target=[0, 1, 2])
     torch.testing.assert_close(layer.maps[:, 0], reference.sum(1))
-    assert pgc_override("method=captum/Deconvolution") == ["method=captum", "method.name=captum/Deconvolution"]
+    assert pgc_override("method=captum/Deconvolution") == [
+        "method=captum",
+        "method.name=captum/Deconvolution",
+    ]
     with pytest.raises(ValueError, match=r"^Captum has no attribution class 'Nope'; available: .*Saliency"):
         build_explainer("captum/Nope", bundle(model))
 
 
 def test_superpixel_methods_refuse_a_single_superpixel():
     model = net()
-    with pytest.raises(ValueError, match=r"^lime: SLIC found 1 superpixel in a 32x32 image; raise n_segments"):
+    with pytest.raises(
+        ValueError, match=r"^lime: SLIC found 1 superpixel in a 32x32 image; raise n_segments"
+    ):
         build_explainer("lime", bundle(model), n_samples=8, n_segments=1)(torch.randn(1, 3, 32, 32), [0])
 
 
@@ -270,7 +275,9 @@ def test_lrp_equals_zennit_with_its_sequential_canonizer(images, composite):
     if composite == "epsilon_plus_flat":
         comp = EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
     else:
-        comp = EpsilonGammaBox(low=-mean / std, high=(1 - mean) / std, canonizers=[SequentialMergeBatchNorm()])
+        comp = EpsilonGammaBox(
+            low=-mean / std, high=(1 - mean) / std, canonizers=[SequentialMergeBatchNorm()]
+        )
     for k in range(2):
         with Gradient(model=model, composite=comp) as attributor:
             _, relevance = attributor(images.clone().requires_grad_(True), torch.eye(5)[CLASSES[:, k]])

@@ -80,7 +80,11 @@ METHODS: dict[str, tuple[type[Explainer], str, str]] = {
     "input_x_gradient": (InputXGradient, "captum", "Shrikumar et al. 2016, Input x Gradient"),
     "deeplift": (DeepLift, "captum", "Shrikumar et al. 2017, DeepLIFT (Rescale)"),
     "deepliftshap": (DeepLiftShap, "captum", "Lundberg & Lee 2017, DeepLIFT SHAP"),
-    "expected_gradients": (ExpectedGradients, "captum", "Erion et al. 2021, Expected Gradients (GradientShap)"),
+    "expected_gradients": (
+        ExpectedGradients,
+        "captum",
+        "Erion et al. 2021, Expected Gradients (GradientShap)",
+    ),
     "kernelshap": (KernelShap, "captum", "Lundberg & Lee 2017, KernelSHAP (SLIC superpixels)"),
     "lime": (Lime, "captum", "Ribeiro et al. 2016, LIME (SLIC superpixels)"),
     "lrp": (LRP, "lrp", "Bach et al. 2015, LRP (zennit composites, Kohlbrenner et al. 2020)"),

@@ -60,7 +60,8 @@ class SmoothGradCAMPlusPlus(CAMExplainer):
         super().__init__(model, target_layer, reshape=reshape, relu=relu, autocast=autocast)
         if num_samples < 1 or noise_level < 0:
             raise ValueError(
-                f"smoothgradcampp needs num_samples >= 1 and noise_level >= 0, got {num_samples}, {noise_level}"
+                "smoothgradcampp needs num_samples >= 1 and noise_level >= 0, "
+                f"got {num_samples} and {noise_level}"
             )
         self.num_samples, self.noise_level, self.seed = int(num_samples), float(noise_level), int(seed)
 
@@ -111,13 +112,12 @@ class SmoothGradCAMPlusPlus(CAMExplainer):
 
 def bias_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Convolutions with a bias and BatchNorms (FullGrad's bias sources), by qualified name."""
-    found = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.conv._ConvNd) and module.bias is not None:
-            found.append((name, module))
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            found.append((name, module))
-    return found
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if (isinstance(module, nn.modules.conv._ConvNd) and module.bias is not None)
+        or isinstance(module, nn.modules.batchnorm._BatchNorm)
+    ]
 
 
 def effective_bias(module: nn.Module) -> torch.Tensor:
@@ -157,7 +157,9 @@ class FullGrad(Explainer):
             outputs = [store.activations[name] for name in names]
             columns = []
             for k, fn in enumerate(score_fns):
-                grads = torch.autograd.grad(fn(logits).sum(), [x, *outputs], retain_graph=k < len(score_fns) - 1)
+                grads = torch.autograd.grad(
+                    fn(logits).sum(), [x, *outputs], retain_graph=k < len(score_fns) - 1
+                )
                 with self._full_precision():
                     total = postprocess(grads[0] * x.detach(), size)
                     for (_, module), grad in zip(layers, grads[1:], strict=True):

@@ -172,7 +172,10 @@ def unshare_activations(model: nn.Module, images: torch.Tensor) -> nn.Module:
     }
     if not split:
         return model
-    twin = copy.deepcopy(model)  # deepcopy keeps the sharing: one copy per shared original
+    # deepcopy keeps module sharing (one copy per shared original); parameters and buffers are shared, not
+    # copied, so the twin is cheap and follows in-place weight changes.
+    memo: dict[int, Any] = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    twin = copy.deepcopy(model, memo)
     pairs = zip(
         model.named_modules(remove_duplicate=False), twin.named_modules(remove_duplicate=False), strict=True
     )
@@ -278,7 +281,9 @@ class CaptumAttribution(Explainer):
             np.random.set_state(numpy_state)
             random.setstate(python_state)
 
-    def attributions(self, images: torch.Tensor, target: torch.Tensor | None, forward: Callable) -> torch.Tensor:
+    def attributions(
+        self, images: torch.Tensor, target: torch.Tensor | None, forward: Callable
+    ) -> torch.Tensor:
         """Captum's raw attributions for one target column (``target`` ``[B]`` or None for callables)."""
         if not self.stochastic:
             return self._call(forward, images, target)
@@ -372,7 +377,9 @@ class _DistributionBaselines(CaptumAttribution):
 
     def attribute_arguments(self, images: torch.Tensor) -> dict[str, Any]:
         return {
-            "baselines": gaussian_baselines(self.num_baselines, tuple(images.shape[1:]), self.seed, images.device)
+            "baselines": gaussian_baselines(
+                self.num_baselines, tuple(images.shape[1:]), self.seed, images.device
+            )
         }
 
 
@@ -418,7 +425,8 @@ class _Superpixels(CaptumAttribution):
         found = int(mask.max()) + 1
         if found < 2:  # one feature: KernelSHAP's kernel weights and LIME's regression are undefined
             raise ValueError(
-                f"{self.name}: SLIC found {found} superpixel in a {images.shape[-2]}x{images.shape[-1]} image; "
+                f"{self.name}: SLIC found {found} superpixel in a "
+                f"{images.shape[-2]}x{images.shape[-1]} image; "
                 f"raise n_segments (now {self.n_segments}) or lower compactness (now {self.compactness})"
             )
         return {"feature_mask": mask.expand(-1, images.shape[1], -1, -1)}
@@ -434,4 +442,13 @@ class Lime(_Superpixels):
     captum_class = "Lime"
 
 
-NAMED = (IntegratedGradients, SmoothGrad, InputXGradient, DeepLift, DeepLiftShap, ExpectedGradients, KernelShap, Lime)
+NAMED = (
+    IntegratedGradients,
+    SmoothGrad,
+    InputXGradient,
+    DeepLift,
+    DeepLiftShap,
+    ExpectedGradients,
+    KernelShap,
+    Lime,
+)

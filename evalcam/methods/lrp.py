@@ -101,7 +101,12 @@ class LRP(Explainer):
             raise ValueError(f"lrp composite must be one of {', '.join(COMPOSITES)}, got {composite!r}")
         if self.autocast is not None:
             raise ValueError("lrp runs in full precision (zennit's rules divide by small denominators)")
-        self.composite, self.epsilon, self.gamma, self.reduce = composite, float(epsilon), float(gamma), reduce
+        self.composite, self.epsilon, self.gamma, self.reduce = (
+            composite,
+            float(epsilon),
+            float(gamma),
+            reduce,
+        )
         self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
 
     def _composite(self, pairs: list[tuple[nn.Module, nn.Module]]) -> Any:
@@ -137,14 +142,18 @@ class LRP(Explainer):
                 f"lrp cannot explain this model: layer {bad[0]!r} ({bad[1]}) has no LRP rule in zennit or "
                 f"Captum; use {ALTERNATIVES} instead"
             )
-        with torch.no_grad():
-            logits = self.model(images).float()
-        classes, score_fns = resolve_targets(targets, logits)
-        columns = []
-        # One modified forward per column: zennit's rule hooks keep per-forward state.
-        for fn in score_fns:
+        columns: list[torch.Tensor] = []
+        logits, classes, score_fns = None, None, None
+        # One modified forward per column (zennit's rule hooks keep per-forward state); the first one also
+        # gives the logits, which merged BatchNorms and LRP rules (backward-only) leave unchanged.
+        while score_fns is None or len(columns) < len(score_fns):
             x = images.detach().requires_grad_(True)
             with self._composite(pairs).context(self.model) as modified, torch.enable_grad():
-                relevance = torch.autograd.grad(fn(modified(x)).sum(), x)[0]
+                out = modified(x)
+                if score_fns is None:
+                    logits = out.detach().float()
+                    classes, score_fns = resolve_targets(targets, logits)
+                relevance = torch.autograd.grad(score_fns[len(columns)](out).sum(), x)[0]
             columns.append(reduce_channels(relevance.float(), self.reduce))
+        assert logits is not None
         return Explanation(maps=torch.stack(columns, 1), logits=logits, classes=classes)
