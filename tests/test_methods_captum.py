@@ -211,7 +211,7 @@ def test_superpixel_methods_refuse_a_single_superpixel():
 @pytest.fixture(scope="module")
 def photo(lite0, photos):
     x = lite0.preprocess([photos["chelsea"]], "cpu")
-    return F.interpolate(x, size=(128, 128), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(x, size=(96, 96), mode="bilinear", antialias=True, align_corners=False)
 
 
 def test_integrated_gradients_completeness_on_lite0(lite0, photo):
@@ -252,7 +252,7 @@ def test_deeplift_sums_to_delta_on_a_relu_network(images):
 def test_lrp_on_lite0_merges_every_batchnorm_and_restores_the_model(lite0, photo):
     before = {k: v.clone() for k, v in lite0.model.state_dict().items()}
     maps = build_explainer("lrp", lite0)(photo, TopK(2))
-    assert maps.shape == (1, 2, 128, 128) and torch.isfinite(maps).all() and maps.abs().sum() > 0
+    assert maps.shape == (1, 2, 96, 96) and torch.isfinite(maps).all() and maps.abs().sum() > 0
     for key, value in lite0.model.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert count_hooks(lite0.model) == 0
