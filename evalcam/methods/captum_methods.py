@@ -150,21 +150,36 @@ class _CallSites(nn.Module):
         return site(x)
 
 
-def unshare_activations(model: nn.Module, images: torch.Tensor) -> nn.Module:
-    """A copy of ``model`` in which every parameter-free leaf module used more than once per forward pass
-    (EfficientNet's shared ``_swish`` ReLU6, a reused ``nn.ReLU``) or in place is split into one
-    out-of-place copy per use, and every ReLU6 is rewritten as two ReLUs. Same function and weights;
-    Captum's DeepLift refuses reused modules and has no ReLU6 rule. ``model`` itself is returned when
-    nothing needs changing. Other activations without a DeepLift rule (SiLU, GELU) keep Captum's
-    fallback, the plain gradient."""
+def count_calls(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, dict[int, int]]:
+    """One no-grad forward pass; returns its output and how often each parameter-free leaf module ran."""
     counts: dict[int, int] = {}
 
     def count(module: nn.Module, _inputs: tuple, _output: Any) -> None:
         counts[id(module)] = counts.get(id(module), 0) + 1
 
-    leaves = [m for m in model.modules() if not list(m.children()) and not list(m.parameters(recurse=False))]
-    with forward_hooks((m, count) for m in leaves), torch.no_grad():
-        model(images[:1])
+    with forward_hooks((m, count) for m in _free_leaves(model)), torch.no_grad():
+        output = model(images)
+    return output, counts
+
+
+def _free_leaves(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if not list(m.children()) and not list(m.parameters(recurse=False))]
+
+
+def unshare_activations(
+    model: nn.Module, images: torch.Tensor | None = None, counts: dict[int, int] | None = None
+) -> nn.Module:
+    """A copy of ``model`` in which every parameter-free leaf module used more than once per forward pass
+    (EfficientNet's shared ``_swish`` ReLU6, a reused ``nn.ReLU``) or in place is split into one
+    out-of-place copy per use, and every ReLU6 is rewritten as two ReLUs. Same function and weights;
+    Captum's DeepLift refuses reused modules and has no ReLU6 rule. ``model`` itself is returned when
+    nothing needs changing. Other activations without a DeepLift rule (SiLU, GELU) keep Captum's
+    fallback, the plain gradient. ``counts`` (from :func:`count_calls`) saves the counting pass."""
+    if counts is None:
+        if images is None:
+            raise ValueError("unshare_activations needs images or counts")
+        counts = count_calls(model, images[:1])[1]
+    leaves = _free_leaves(model)
     split = {
         id(m)
         for m in leaves
@@ -295,10 +310,15 @@ class CaptumAttribution(Explainer):
 
     def explain(self, images: torch.Tensor, targets: Targets) -> Explanation:
         images = images.to(self.device)
+        model = self.model
         with torch.no_grad(), self._autocast():
-            logits = self.model(images).float()
+            if self.unshare:  # the logits pass also counts the calls of each activation module
+                logits, counts = count_calls(self.model, images)
+                model = unshare_activations(self.model, counts=counts)
+            else:
+                logits = self.model(images)
+        logits = logits.float()
         classes, score_fns = resolve_targets(targets, logits)
-        model = unshare_activations(self.model, images) if self.unshare else self.model
         columns = []
         for fn in score_fns:
             if classes is not None:
