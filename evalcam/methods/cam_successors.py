@@ -137,10 +137,11 @@ def postprocess(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     flat = t.flatten(1)
     low = flat.amin(1).view(-1, 1, 1, 1)
     span = (flat.amax(1).view(-1, 1, 1, 1) - low).clamp_min(1e-12)
-    t = (t - low) / span
+    # Bilinear upsampling is linear, so summing the channels first gives the same map at 1/C of the cost.
+    t = ((t - low) / span).sum(1, keepdim=True)
     if t.shape[-2:] != size:
         t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
-    return t.sum(1)
+    return t[:, 0]
 
 
 class FullGrad(Explainer):
