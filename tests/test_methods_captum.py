@@ -385,3 +385,17 @@ def test_fullgrad_matches_pytorch_grad_cam_on_lite0(lite0, photo):
         lite0.model.zero_grad(set_to_none=True)
     a, b = ours.flatten(), theirs.flatten().float()
     assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) >= 0.99
+
+
+def test_input_x_gradient_reads_logits_from_captums_own_pass(images):
+    """From the second call on a model, the logits come from Captum's forward (no pass of their own):
+    still the model's logits, and a bad class is still refused in one line before Captum indexes."""
+    model = net()
+    explainer = build_explainer("input_x_gradient", bundle(model))
+    first = explainer.explain(images, CLASSES)
+    second = explainer.explain(images, CLASSES)
+    with torch.no_grad():
+        torch.testing.assert_close(second.logits, model(images))
+    torch.testing.assert_close(second.maps, first.maps)
+    with pytest.raises(ValueError, match=r"^target class out of range: model has 5 classes \(0\.\.4\)$"):
+        explainer(images, torch.tensor([0, 1, 7]))

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from evalcam.methods.base import Explainer, Explanation, Targets, resolve_targets
+from evalcam.methods.base import Explainer, Explanation, Targets, TopK, resolve_targets
 from evalcam.methods.hooks import forward_hooks
 from evalcam.models.layers import resolve_layer
 
@@ -132,6 +132,20 @@ def _site(module: nn.Module) -> nn.Module:
     if hasattr(site, "inplace"):  # DeepLift's hooks need the activation's input intact
         site.inplace = False
     return site
+
+
+class _Recorder(nn.Module):
+    """``model`` that keeps (detached) the output of its first call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.first = model, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if self.first is None:
+            self.first = out.detach()
+        return out
 
 
 class _CallSites(nn.Module):
@@ -224,6 +238,8 @@ class CaptumAttribution(Explainer):
     stochastic: ClassVar[bool] = False
     # DeepLift keeps state on each activation module: reused modules get one copy per use.
     unshare: ClassVar[bool] = False
+    # Captum's first forward pass is on the unmodified batch (its output are the logits).
+    clean_forward: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -256,6 +272,7 @@ class CaptumAttribution(Explainer):
             resolve_layer(model, target_layer)
         self.target_layer = target_layer
         self.attribute_kwargs = attribute_kwargs
+        self._num_classes: dict[int, int] = {}  # id(model) -> classes, for the recorded-logits path
 
     # --- hooks for the named subclasses ---------------------------------------------------------------
 
@@ -308,8 +325,43 @@ class CaptumAttribution(Explainer):
             per_image.append(self._seeded(forward, images[i : i + 1], one))
         return torch.cat(per_image)
 
+    def _explain_recording_logits(self, images: torch.Tensor, targets: Targets) -> Explanation | None:
+        """Class-index targets with a method whose Captum forward is the clean batch itself: the logits
+        are read from that forward instead of a pass of their own (Input x Gradient costs one forward and
+        one backward, so a separate logits pass would add half of it). None when this does not apply."""
+        if not self.clean_forward or isinstance(targets, TopK) or callable(targets):
+            return None
+        classes = torch.as_tensor(targets, device=images.device, dtype=torch.long)
+        if classes.ndim == 0:
+            classes = classes.expand(images.shape[0])
+        classes = classes[:, None] if classes.ndim == 1 else classes
+        # Targets are checked before Captum indexes with them (on CUDA a bad index is a device-side
+        # assert, not an exception): against the class count seen on this model by an earlier call; the
+        # first call on a model takes the ordinary path, which checks them against its own logits.
+        known = self._num_classes.get(id(self.model))
+        if (
+            known is None
+            or classes.shape[0] != images.shape[0]
+            or not bool(((classes >= 0) & (classes < known)).all())
+        ):
+            return None
+        recorder = _Recorder(self.model)
+        first = self.attributions(images, classes[:, 0], recorder)
+        assert recorder.first is not None
+        logits = recorder.first.float()
+        classes, _ = resolve_targets(targets, logits)
+        assert classes is not None
+        columns = [reduce_channels(first, self.reduce)]
+        for k in range(1, classes.shape[1]):
+            columns.append(reduce_channels(self.attributions(images, classes[:, k], self.model), self.reduce))
+        self.model.zero_grad(set_to_none=True)
+        return Explanation(maps=torch.stack(columns, 1), logits=logits, classes=classes)
+
     def explain(self, images: torch.Tensor, targets: Targets) -> Explanation:
         images = images.to(self.device)
+        recorded = self._explain_recording_logits(images, targets)
+        if recorded is not None:
+            return recorded
         model = self.model
         with torch.no_grad(), self._autocast():
             if self.unshare:  # the logits pass also counts the calls of each activation module
@@ -318,6 +370,7 @@ class CaptumAttribution(Explainer):
             else:
                 logits = self.model(images)
         logits = logits.float()
+        self._num_classes = {id(self.model): logits.shape[1]}
         classes, score_fns = resolve_targets(targets, logits)
         columns = []
         for fn in score_fns:
@@ -377,6 +430,7 @@ class SmoothGrad(CaptumAttribution):
 class InputXGradient(CaptumAttribution):
     name = "input_x_gradient"
     captum_class = "InputXGradient"
+    clean_forward = True
 
 
 class DeepLift(CaptumAttribution):
