@@ -450,11 +450,11 @@ class _DistributionBaselines(CaptumAttribution):
         self.num_baselines = int(num_baselines)
 
     def attribute_arguments(self, images: torch.Tensor) -> dict[str, Any]:
-        return {
-            "baselines": gaussian_baselines(
-                self.num_baselines, tuple(images.shape[1:]), self.seed, images.device
-            )
-        }
+        # Drawn once per (shape, device), not per image: the same references for every call.
+        key = (tuple(images.shape[1:]), images.device)
+        if getattr(self, "_baselines", (None, None))[0] != key:
+            self._baselines = (key, gaussian_baselines(self.num_baselines, key[0], self.seed, images.device))
+        return {"baselines": self._baselines[1]}
 
 
 class DeepLiftShap(_DistributionBaselines):
