@@ -45,10 +45,12 @@ CONFIG_ERRORS = (ValueError, KeyError, OSError, ImportError, TrackingUnavailable
 
 def pgc_override(arg: str) -> list[str]:
     """``method=pgc/ScoreCAM`` -> ``method=pgc method.name=pgc/ScoreCAM``: any pytorch-grad-cam class
-    without a config file per class (Hydra would look for conf/method/pgc/ScoreCAM.yaml)."""
+    without a config file per class (Hydra would look for conf/method/pgc/ScoreCAM.yaml); the same for
+    ``method=captum/<ClassName>``."""
     key, _, value = arg.partition("=")
-    if key.lstrip("+~") == "method" and value.startswith("pgc/") and "," not in value:
-        return ["method=pgc", f"method.name={value}"]
+    prefix = value.split("/", 1)[0]
+    if key.lstrip("+~") == "method" and prefix in ("pgc", "captum") and "/" in value and "," not in value:
+        return [f"method={prefix}", f"method.name={value}"]
     return [arg]
 
 

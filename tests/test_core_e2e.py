@@ -166,7 +166,10 @@ def test_cli_multirun_sweep(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("method=nope", "unknown method 'nope' in method=nope; valid names: ablationcam, attention_rollout, backprop,"),
+        (
+            "method=nope",
+            "unknown method 'nope' in method=nope; valid names: ablationcam, attention_rollout, backprop,",
+        ),
         ("model.target_layer=head_actt", "candidates"),
         ("device=cuda:7", "CUDA is not available"),
     ],

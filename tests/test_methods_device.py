@@ -19,6 +19,9 @@ NAMES = sorted(
 )
 # Score-CAM on CPU at head_act would take 1280 forward passes per image; an inner layer keeps it quick.
 PARAMS = {"scorecam": {"target_layer": "blocks.4"}}
+# Captum draws these methods' random numbers on the model's device: seeded CPU and CUDA draws differ, so
+# only device placement is compared (their seeded equality with Captum is checked on the CPU).
+DEVICE_RANDOM = {"smoothgrad", "expected_gradients", "kernelshap", "lime"}
 
 
 def corr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,6 +57,8 @@ def test_gpu_maps_stay_on_device_and_match_cpu(lite0, gpu, inputs, name, exact_f
     tensors = [on_gpu.maps, on_gpu.logits, on_gpu.classes, *on_gpu.extra.values()]
     assert all(t.device.type == "cuda" for t in tensors)
     assert torch.equal(on_gpu.classes.cpu(), on_cpu.classes)
+    if name in DEVICE_RANDOM:
+        return
     for b in range(len(inputs)):
         for k in range(2):
             ours, reference = on_gpu.maps[b, k].cpu(), on_cpu.maps[b, k]

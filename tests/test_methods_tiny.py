@@ -464,7 +464,16 @@ TINY_METHODS = sorted(
     name for name in METHODS if name not in ("center", "random") and METHODS[name].cls.applies_to(TinyCNN())
 )
 # Fewer random masks than RISE's 4000 keep the API checks cheap; the algorithm is checked by hand above.
-CHEAP = {"rise": {"num_masks": 64}}
+CHEAP = {
+    "rise": {"num_masks": 64},
+    "integrated_gradients": {"n_steps": 8},
+    "smoothgrad": {"nt_samples": 4},
+    "expected_gradients": {"n_samples": 4, "num_baselines": 3},
+    "deepliftshap": {"num_baselines": 3},
+    "kernelshap": {"n_samples": 24, "n_segments": 9, "compactness": 100.0},
+    "lime": {"n_samples": 24, "n_segments": 9, "compactness": 100.0},
+    "smoothgradcampp": {"num_samples": 3},
+}
 
 
 @pytest.mark.parametrize("name", [*TINY_METHODS, "pgc/GradCAM"])
@@ -495,8 +504,9 @@ def test_callable_target_scales_the_map(images, name):
     by_index = explainer(images, torch.tensor([2, 2, 2]))
     by_function = explainer(images, lambda out: 2.0 * out[:, 2])
     assert by_function.shape == by_index.shape
-    factor = {"eigencam": 1.0, "ablationcam": 1.0, "guided_gradcam": 4.0}.get(name, 2.0)
-    if name.startswith("gradcampp"):  # alpha is not scale-free (g^3 term): the map changes shape
+    # FullGrad min-max scales every term per image
+    factor = {"eigencam": 1.0, "ablationcam": 1.0, "guided_gradcam": 4.0, "fullgrad": 1.0}.get(name, 2.0)
+    if name.startswith(("gradcampp", "smoothgradcampp")):  # alpha is not scale-free (g^3 term)
         assert torch.isfinite(by_function).all() and not torch.allclose(by_function, factor * by_index)
     else:  # Score-CAM: callables see probabilities, so f doubles the confidence increases
         torch.testing.assert_close(by_function, factor * by_index, rtol=1e-4, atol=1e-6)
@@ -532,7 +542,7 @@ def test_hooks_removed_when_the_target_function_raises(images):
         raise RuntimeError("boom")
 
     for name in TINY_METHODS:
-        explainer = build_explainer(name, bundle_of(model))
+        explainer = build_explainer(name, bundle_of(model), **CHEAP.get(name, {}))
         if name != "eigencam":  # class-agnostic: never evaluates its targets
             with pytest.raises(RuntimeError, match="boom"):
                 explainer(images, broken)

@@ -210,6 +210,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(format_table(timings))
 
     result: dict[str, Any] = {"header": header, "timings": [asdict(t) for t in timings]}
+    from evalcam.bench import attribution
+
+    adapted = [m for m in names if m in attribution.QUICK_PARAMS]
+    if adapted and not args.no_peers:
+        # The Captum/zennit-backed methods against the library called directly: the adapter's overhead.
+        rows = attribution.bench_rows(bundle, x, adapted, repeats=args.repeats)
+        result["attribution"] = rows
+        print("\n# adapter overhead (ours / the library called directly, same arguments)")
+        print(attribution.format_rows(rows))
     print()
     if args.faith_images > 0:
         n = min(args.faith_images, x.shape[0])

@@ -1,6 +1,7 @@
 """Method registry: ``build_explainer("gradcam", bundle)`` -> an :class:`Explainer`.
 
-``pgc/<ClassName>`` runs a pytorch-grad-cam class through the same API (:mod:`evalcam.methods.external`).
+``pgc/<ClassName>`` runs a pytorch-grad-cam class through the same API (:mod:`evalcam.methods.external`),
+``captum/<ClassName>`` any Captum attribution class (:mod:`evalcam.methods.captum_methods`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,17 @@ from evalcam.methods.base import (
 )
 from evalcam.methods.baselines import CenterBaseline, RandomBaseline
 from evalcam.methods.cam import CAM, EigenCAM
+from evalcam.methods.cam_successors import FullGrad, SmoothGradCAMPlusPlus
+from evalcam.methods.captum_methods import (
+    DeepLift,
+    DeepLiftShap,
+    ExpectedGradients,
+    InputXGradient,
+    IntegratedGradients,
+    KernelShap,
+    Lime,
+    SmoothGrad,
+)
 from evalcam.methods.gradcam import (
     CounterfactualGradCAM,
     GradCAM,
@@ -29,6 +41,7 @@ from evalcam.methods.gradcam import (
     XGradCAM,
 )
 from evalcam.methods.gradients import Backprop, GuidedBackprop, GuidedGradCAM, guided_relus
+from evalcam.methods.lrp import LRP
 from evalcam.methods.occlusion import Occlusion
 from evalcam.methods.perturbation import AblationCAM, ScoreCAM
 from evalcam.methods.record import MethodRecord
@@ -133,6 +146,37 @@ METHODS: dict[str, MethodRecord] = {
         "Chefer et al. 2021, transformer attribution (gradient x attention rollout)",
         "gradient",
     ),
+    "smoothgradcampp": MethodRecord(
+        SmoothGradCAMPlusPlus,
+        "gradient-cam",
+        "Omeiza et al. 2019, Smooth Grad-CAM++",
+        "perturbation",
+        (("torchcam", "SmoothGradCAMpp"),),
+    ),
+    "fullgrad": MethodRecord(
+        FullGrad, "gradient-cam", "Srinivas & Fleuret 2019, FullGrad", "gradient", (("pgc", "FullGrad"),)
+    ),
+    "integrated_gradients": MethodRecord(
+        IntegratedGradients, "captum", "Sundararajan et al. 2017, Integrated Gradients", "perturbation"
+    ),
+    "smoothgrad": MethodRecord(SmoothGrad, "captum", "Smilkov et al. 2017, SmoothGrad", "perturbation"),
+    "input_x_gradient": MethodRecord(
+        InputXGradient, "captum", "Shrikumar et al. 2016, Input x Gradient", "gradient"
+    ),
+    "deeplift": MethodRecord(DeepLift, "captum", "Shrikumar et al. 2017, DeepLIFT (Rescale)", "gradient"),
+    "deepliftshap": MethodRecord(
+        DeepLiftShap, "captum", "Lundberg & Lee 2017, DeepLIFT SHAP", "perturbation"
+    ),
+    "expected_gradients": MethodRecord(
+        ExpectedGradients, "captum", "Erion et al. 2021, Expected Gradients (GradientShap)", "perturbation"
+    ),
+    "kernelshap": MethodRecord(
+        KernelShap, "captum", "Lundberg & Lee 2017, KernelSHAP (SLIC superpixels)", "perturbation"
+    ),
+    "lime": MethodRecord(Lime, "captum", "Ribeiro et al. 2016, LIME (SLIC superpixels)", "perturbation"),
+    "lrp": MethodRecord(
+        LRP, "lrp", "Bach et al. 2015, LRP (zennit composites, Kohlbrenner et al. 2020)", "gradient"
+    ),
     "center": MethodRecord(CenterBaseline, "baseline", "centre-bias baseline", "free"),
     "random": MethodRecord(RandomBaseline, "baseline", "random-map baseline", "free"),
 }
@@ -142,6 +186,8 @@ def method_tags(name: str) -> tuple[str, str]:
     """(family, paper) of a method name, including ``pgc/...`` names (family "external")."""
     if name.startswith("pgc/"):
         return "external", f"pytorch-grad-cam {name[4:]}"
+    if name.startswith("captum/"):
+        return "external", f"Captum {name[7:]}"
     record = METHODS[name]
     return record.family, record.paper
 
@@ -155,15 +201,23 @@ def build_explainer(name: str, bundle: ModelBundle, **params: Any) -> Explainer:
         layer = params.pop("target_layer", None) or bundle.target_layer
         params.setdefault("reshape", bundle.reshape)
         return PytorchGradCAM(bundle.model, layer, name[4:], **params)
+    if name.startswith("captum/"):
+        from evalcam.methods.captum_methods import CaptumAttribution
+
+        layer = params.pop("target_layer", None) or bundle.target_layer
+        return CaptumAttribution(bundle.model, name[7:], target_layer=layer, **params)
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}, pgc/<ClassName>")
+        raise ValueError(
+            f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}, pgc/<ClassName>, "
+            "captum/<ClassName>"
+        )
     cls = METHODS[name].cls
     accepted = inspect.signature(cls.__init__).parameters
     if "classifier" in accepted and "classifier" not in params:
         if name == "cam" and not bundle.classifier:
             raise ValueError(
                 f"cam needs a GAP+FC model, but {bundle.name} names no classifier "
-                f"(ModelBundle.classifier); use gradcam instead"
+                f"(ModelBundle.classifier); use gradcam, gradcampp, layercam, scorecam or fullgrad instead"
             )
         params["classifier"] = bundle.classifier
     if "target_layer" in accepted or issubclass(cls, CAMExplainer):

@@ -95,7 +95,10 @@ class CAM(CAMExplainer):
         super().__init__(model, target_layer, reshape=reshape, relu=relu, autocast=autocast)
         self.layer = _single_layer(self.layers, "CAM")
         if not classifier:
-            raise ValueError("CAM needs a GAP+FC model: pass classifier=<name of the final nn.Linear>")
+            raise ValueError(
+                "CAM needs a GAP+FC model: pass classifier=<name of the final nn.Linear>, or use "
+                "gradcam, gradcampp, layercam, scorecam or fullgrad, which need no such head"
+            )
         resolve_layer(model, classifier)
         self.classifier = classifier
 
@@ -114,7 +117,8 @@ class CAM(CAMExplainer):
         problem = head.problem(acts, logits, loose=self.autocast is not None)
         if problem:
             raise ValueError(
-                f"CAM needs a global-average-pool + linear head after the target layer: {problem}"
+                f"CAM needs a global-average-pool + linear head after the target layer: {problem}; "
+                "use gradcam, gradcampp, layercam, scorecam or fullgrad, which need no such head"
             )
         logits = logits.detach().float()
         classes, score_fns = resolve_targets(targets, logits)
