@@ -212,6 +212,12 @@ def build_explainer(name: str, bundle: ModelBundle, **params: Any) -> Explainer:
             "captum/<ClassName>"
         )
     cls = METHODS[name].cls
+    if "seed" in params and params["seed"] is None:
+        # The runner derives a null seed from the run's `seed` (evalcam.stats.seed); outside a run, the
+        # same derivation from the default seed 0.
+        from evalcam.stats.seed import derive_seed
+
+        params["seed"] = derive_seed(0, "method")
     accepted = inspect.signature(cls.__init__).parameters
     if "classifier" in accepted and "classifier" not in params:
         if name == "cam" and not bundle.classifier:

@@ -40,9 +40,13 @@ class MethodRecord:
     @property
     def default_params(self) -> dict[str, Any]:
         """Keyword defaults of the class (``conf/method/<name>.yaml`` repeats them; tested)."""
-        signature = inspect.signature(self.cls.__init__)
-        return {
-            name: p.default
-            for name, p in signature.parameters.items()
-            if p.default is not inspect.Parameter.empty and name not in ("target_layer", "classifier")
-        }
+        defaults: dict[str, Any] = {}
+        # Subclasses pass **kwargs on to their bases (e.g. every Captum method to the adapter): base
+        # defaults first, each subclass's own on top.
+        for klass in reversed(self.cls.__mro__):
+            if "__init__" not in vars(klass) or klass is object:
+                continue
+            for name, p in inspect.signature(klass.__init__).parameters.items():
+                if p.default is not inspect.Parameter.empty and name not in ("target_layer", "classifier"):
+                    defaults[name] = p.default
+        return defaults
