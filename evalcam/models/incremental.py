@@ -76,7 +76,7 @@ class Patched:
     def crop(self, box: Box) -> torch.Tensor:
         """The map's values on ``box`` (which must lie inside the map)."""
         y0, y1, x0, x1 = box
-        out = self.clean[..., y0:y1, x0:x1].clone()
+        out = self._batched(self.clean[..., y0:y1, x0:x1]).clone()
         overlap = _intersect(self.box, box)
         if overlap is not None:
             oy0, oy1, ox0, ox1 = overlap
@@ -86,8 +86,14 @@ class Patched:
             ]
         return out
 
+    def _batched(self, clean: torch.Tensor) -> torch.Tensor:
+        # Several copies of one cached image share its clean values (a batch of 1, broadcast).
+        if clean.shape[0] == 1 and self.patch.shape[0] > 1:
+            return clean.expand(self.patch.shape[0], *clean.shape[1:])
+        return clean
+
     def dense(self) -> torch.Tensor:
-        out = self.clean.clone()
+        out = self._batched(self.clean).clone()
         y0, y1, x0, x1 = self.box
         out[..., y0:y1, x0:x1] = self.patch
         return out
@@ -195,13 +201,22 @@ class IncrementalModel:
     @torch.no_grad()
     def occluded(self, cache: dict[fx.Node, Any], box: Box, fill: torch.Tensor) -> Any:
         """The model's output on the cached batch with input ``box`` set to ``fill`` ``[1, C, 1, 1]``."""
+        x = self.input_of(cache)
+        y0, y1, x0, x1 = box
+        return self.patched(cache, box, fill.to(x.dtype).expand(x.shape[0], x.shape[1], y1 - y0, x1 - x0))
+
+    def input_of(self, cache: dict[fx.Node, Any]) -> torch.Tensor:
+        """The batch a :meth:`clean_pass` cache was computed on."""
+        return next(cache[node] for node in self.nodes if node.op == "placeholder")
+
+    @torch.no_grad()
+    def patched(self, cache: dict[fx.Node, Any], box: Box, patch: torch.Tensor) -> Any:
+        """The model's output on the cached batch with its input on ``box`` replaced by ``patch``
+        ``[B, C, y1 - y0, x1 - x0]`` (any values: a fill, noise, a blurred copy, a mix of pixels)."""
         values: dict[fx.Node, Any] = {}
         for node in self.nodes:
             if node.op == "placeholder":
-                x = cache[node]
-                y0, y1, x0, x1 = box
-                patch = fill.to(x.dtype).expand(x.shape[0], x.shape[1], y1 - y0, x1 - x0)
-                values[node] = Patched(x, box, patch)
+                values[node] = Patched(cache[node], box, patch.to(cache[node].dtype))
             elif node.op == "output":
                 return fx.node.map_arg(node.args[0], lambda n: _dense(values[n]))
             elif all(values[n] is cache[n] for n in node.all_input_nodes):
@@ -370,7 +385,8 @@ class IncrementalModel:
         if any(border):
             crop = F.pad(crop, border, value=pad_value)
         patch = fn(crop)
-        if patch.shape[-2:] != (oy1 - oy0, ox1 - ox0) or patch.shape[:2] != out.shape[:2]:
+        copies = x.patch.shape[0]
+        if patch.shape[-2:] != (oy1 - oy0, ox1 - ox0) or patch.shape[:2] != (copies, out.shape[1]):
             return None
         return Patched(out, (oy0, oy1, ox0, ox1), patch)
 

@@ -1,0 +1,116 @@
+"""Cumulative perturbation games scored by incremental re-inference (evalcam.metrics.local_steps) must give
+the numbers full forwards give, and must actually take the incremental path for small replaced regions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from evalcam.data.types import Sample
+from evalcam.metrics import build_metrics, local_steps
+from evalcam.metrics.base import EvalBatch
+from evalcam.metrics.local_steps import mask_boxes, stepped_scores
+from evalcam.models.bundle import ModelBundle, Preprocess
+
+
+class DeepToy(nn.Module):
+    """Padded, strided and residual convolutions: receptive fields that stay local for a while."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(8).eval()
+        self.block = nn.Conv2d(8, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc = nn.Linear(16, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.stem(x)))
+        h = h + torch.relu(self.block(h))
+        return self.fc(torch.relu(self.down(h)).mean((2, 3)))
+
+
+def _batch(size: int = 48, images: int = 2) -> EvalBatch:
+    model = DeepToy().eval()
+    g = torch.Generator().manual_seed(11)
+    inputs = torch.randn(images, 3, size, size, generator=g)
+    # one smooth bump per image: the most salient regions form a compact blob
+    yy, xx = torch.meshgrid(torch.arange(6.0), torch.arange(6.0), indexing="ij")
+    maps = torch.stack([torch.exp(-((yy - 1) ** 2 + (xx - 4 + i) ** 2) / 2) for i in range(images)])
+    with torch.no_grad():
+        logits = model(inputs)
+    bundle = ModelBundle(
+        model=model, name="toy", target_layer="", preprocess=Preprocess((size, size), (0.0,) * 3, (1.0,) * 3)
+    )
+    samples = [
+        Sample(image=torch.zeros(3, size, size, dtype=torch.uint8), image_id=str(i), labels=[])
+        for i in range(images)
+    ]
+    return EvalBatch(
+        samples=samples,
+        inputs=inputs,
+        logits=logits,
+        pred_classes=logits.argmax(1, keepdim=True),
+        pred_maps=maps[:, None],
+        explainer=None,
+        bundle=bundle,
+    )
+
+
+def test_mask_boxes_are_tight_and_empty_masks_get_an_empty_box():
+    masks = torch.zeros(3, 1, 5, 7, dtype=torch.bool)
+    masks[0, 0, 1, 2] = True
+    masks[1, 0, 0:4, 3:7] = True
+    masks[1, 0, 4, 0] = True
+    assert mask_boxes(masks).tolist() == [[1, 2, 2, 3], [0, 5, 0, 7], [0, 0, 0, 0]]
+
+
+def test_stepped_scores_equal_full_forwards_and_take_the_incremental_path():
+    batch = _batch()
+    model, inputs = batch.bundle.model, batch.inputs
+    classes = batch.pred_classes[:, 0]
+    order = torch.arange(48 * 48).view(1, 1, 48, 48)  # raster order: copy k replaces the first 96 k pixels
+
+    def mask_of(image: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return order.expand(len(image), -1, -1, -1) < (96 * k).view(-1, 1, 1, 1)
+
+    def values_of(image: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return -inputs[image] + k.view(-1, 1, 1, 1)  # values that differ per image and per copy
+
+    dense = stepped_scores(model, inputs, classes, 12, mask_of, values_of, "logit", 5, incremental=False)
+    assert local_steps.LAST.dense == 24 and local_steps.LAST.local == 0
+    ours = stepped_scores(model, inputs, classes, 12, mask_of, values_of, "logit", 5, incremental=True)
+    counts = local_steps.LAST
+    # copy 0 replaces nothing; copies 1..3 touch rows 0..5 (6 x 48 = 12.5 % of the image); 4.. run dense
+    assert (counts.unchanged, counts.local, counts.dense) == (2, 6, 16)
+    assert counts.clean_passes == 2 and counts.groups == [3, 3]
+    assert torch.allclose(ours, dense, atol=1e-5, rtol=0), (ours - dense).abs().max()
+    with torch.no_grad():
+        clean = model(inputs).gather(1, classes[:, None]).double()[:, 0]
+    assert torch.allclose(ours[:, 0], clean, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("region_perturbation", {"patch_size": 8, "regions": 20, "baseline": "uniform"}),
+        ("pixel_flipping", {"steps": 24, "baseline": "blur"}),
+    ],
+)
+def test_cumulative_metrics_give_the_same_records_with_and_without_incremental(name, params):
+    batch = _batch()
+    (dense,) = build_metrics({name: {**params, "incremental": False, "chunk_size": 7}}, "cpu")
+    (ours,) = build_metrics({name: {**params, "incremental": "auto", "chunk_size": 7}}, "cpu")
+    expected = dense.update(batch)
+    records = ours.update(batch)
+    assert local_steps.LAST.local > 0  # the first steps of a compact blob are local
+    for got, want in zip(records, expected, strict=True):
+        assert got.keys() == want.keys()
+        assert all(got[k] == pytest.approx(want[k], abs=1e-6) for k in want)
+
+
+def test_a_bad_incremental_setting_is_refused_at_construction():
+    with pytest.raises(ValueError, match="incremental must be true, false or 'auto'"):
+        build_metrics({"region_perturbation": {"incremental": "sometimes"}}, "cpu")
