@@ -114,3 +114,65 @@ def test_cumulative_metrics_give_the_same_records_with_and_without_incremental(n
 def test_a_bad_incremental_setting_is_refused_at_construction():
     with pytest.raises(ValueError, match="incremental must be true, false or 'auto'"):
         build_metrics({"region_perturbation": {"incremental": "sometimes"}}, "cpu")
+
+
+# --- RISE deletion / insertion -----------------------------------------------------------------------------
+
+
+def _rise_curve(model: nn.Module, batch: EvalBatch, mode: str, step: int, substrate: torch.Tensor):
+    """The game as one full forward per point (the protocol of RISE's CausalMetric, all n + 1 points)."""
+    from evalcam.maps import upsample
+    from evalcam.metrics.causal import saliency_rank
+
+    inputs = batch.inputs
+    size = tuple(inputs.shape[-2:])
+    rank, _ = saliency_rank(upsample(batch.pred_maps[:, 0], size))
+    rank = rank.view(-1, 1, *size)
+    start, finish = (inputs, substrate) if mode == "deletion" else (substrate, inputs)
+    points = -(-size[0] * size[1] // step) + 1
+    with torch.no_grad():
+        curve = [
+            model(torch.where(rank < k * step, finish, start)).softmax(-1).gather(1, batch.pred_classes)[:, 0]
+            for k in range(points)
+        ]
+    return torch.stack(curve, 1).double()
+
+
+@pytest.mark.parametrize("mode", ["deletion", "insertion"])
+def test_deletion_and_insertion_equal_a_full_forward_per_point_with_incremental_steps(mode):
+    from evalcam.metrics.causal import Deletion, Insertion, blur
+
+    batch = _batch()
+    metric = (Deletion if mode == "deletion" else Insertion)(step=96, chunk_size=5)
+    curve, _ = metric.curves(batch)
+    assert local_steps.LAST.local > 0
+    substrate = torch.zeros_like(batch.inputs) if mode == "deletion" else blur(batch.inputs)
+    expected = _rise_curve(batch.bundle.model, batch, mode, 96, substrate)
+    assert curve.shape == expected.shape == (2, 25)
+    assert torch.allclose(curve, expected, atol=1e-6, rtol=0), (curve - expected).abs().max()
+
+
+def test_deletion_and_insertion_share_the_clean_and_fully_replaced_points():
+    from evalcam.metrics.causal import Deletion, Insertion
+
+    batch = _batch(images=3)
+    counted = []
+    batch.bundle.model.register_forward_pre_hook(lambda _m, args: counted.append(len(args[0])))
+    steps = 48 * 48 // 96  # n = 24 steps, n + 1 = 25 points
+    dense = {"incremental": False}  # every intermediate copy a full forward: the counts are exact
+    Deletion(step=96, **dense).update(batch)
+    assert sum(counted) == 3 * (steps - 1) + 1  # clean from the batch, the mean-colour image once
+    counted.clear()
+    Insertion(step=96, **dense).update(batch)
+    assert sum(counted) == 3 * (steps - 1) + 3  # the blurred images, once each
+    counted.clear()
+    Deletion(step=96, substrate="blur", **dense).update(batch)
+    assert sum(counted) == 3 * (steps - 1)  # its last point is insertion's first: already scored
+    counted.clear()
+    part = batch.rows(0, 2)  # a sliced batch shares ``extra`` but not the cached tensors
+    records = Insertion(step=96, **dense).update(part)
+    assert sum(counted) == 2 * (steps - 1) + 2
+    alone = Insertion(step=96).update(_batch(images=3).rows(0, 2))
+    assert [r["insertion.auc"] for r in records] == pytest.approx(
+        [r["insertion.auc"] for r in alone], abs=1e-9
+    )
