@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,6 +37,15 @@ MaskOf = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ValuesOf = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 LOCAL_FRACTION = 0.15
+#: a clean pass of one image, in batched forwards (the copies' cost model below is relative to the same)
+CLEAN_PASS_COST = 1.0
+
+
+def copy_cost(fraction: float) -> float:
+    """Measured cost of one incremental copy whose box covers ``fraction`` of the image, in batched
+    forwards (EfficientNet-Lite0, CPU, 8 copies per call: 0.51 at 0.5 %, 0.57 at 5 %, 0.71-0.74 at
+    8-13 %, 0.82 at 18 %, 0.97 at 33 %)."""
+    return 0.5 + 1.5 * fraction
 
 
 @dataclass
@@ -95,17 +105,33 @@ def stepped_scores(
     out = torch.full((batch, copies), float("nan"), dtype=torch.float64)
     dense: list[tuple[int, int]] = []
     limit = float(local_fraction) * height * width
+    plans: dict[int, tuple[list[int], list[tuple[int, ...]]]] = {}
     for i in range(batch):
-        image = torch.full((copies,), i, dtype=torch.long, device=base.device)
-        ks = torch.arange(copies, device=base.device)
-        boxes = [tuple(int(v) for v in b) for b in mask_boxes(mask_of(image, ks)).tolist()]
-        local = [k for k in range(copies) if executor is not None and _area(boxes[k]) <= limit]
+        local: list[int] = []
+        boxes: list[tuple[int, ...]] = []
+        if executor is not None and copies:
+            image = torch.full((copies,), i, dtype=torch.long, device=base.device)
+            masks = mask_of(image, torch.arange(copies, device=base.device))
+            boxes = [tuple(int(v) for v in b) for b in mask_boxes(masks).tolist()]
+            local = [k for k in range(copies) if _area(boxes[k]) <= limit]
+            # an image's clean pass is only worth it when its local copies save more than it costs
+            saved = sum(1.0 - copy_cost(_area(boxes[k]) / (height * width)) for k in local)
+            local = local if saved > CLEAN_PASS_COST else []
         chosen = set(local)
         dense += [(i, k) for k in range(copies) if k not in chosen]
         if local:
-            counts.clean_passes += 1
+            plans[i] = (local, boxes)
+    group = max(1, int(chunk_size) // 4)  # clean passes cached for a few images at a time, like occlusion
+    planned = sorted(plans)
+    for lo in range(0, len(planned), group):
+        images = planned[lo : lo + group]
+        cache = executor.clean_pass(base[images])  # type: ignore[union-attr]
+        counts.clean_passes += len(images)
+        for row, i in enumerate(images):
+            local, boxes = plans[i]
             _score_local(
                 executor,
+                executor.image_cache(cache, row),  # type: ignore[union-attr]
                 base,
                 classes,
                 i,
@@ -120,6 +146,7 @@ def stepped_scores(
                 counts,
             )
             counts.local += len(local)
+        del cache
     counts.local -= counts.unchanged
     if dense:
         pairs = torch.tensor(dense, dtype=torch.long, device=base.device)
@@ -137,6 +164,7 @@ def stepped_scores(
 
 def _score_local(
     executor: object,
+    cache: dict[Any, Any],
     base: torch.Tensor,
     classes: torch.Tensor,
     i: int,
@@ -150,8 +178,7 @@ def _score_local(
     out: torch.Tensor,
     counts: StepCounts,
 ) -> None:
-    """Score image ``i``'s local copies from one cached clean pass, in groups sharing a small union box."""
-    cache = executor.clean_pass(base[i : i + 1])  # type: ignore[attr-defined]
+    """Score image ``i``'s local copies from its cached clean pass, in groups sharing a small union box."""
     clean_logits = executor.output_of(cache)  # type: ignore[attr-defined]
     cls = classes[i : i + 1]
     groups: list[list[int]] = []

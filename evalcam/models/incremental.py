@@ -142,6 +142,11 @@ class IncrementalModel:
         self.dense_fraction = float(dense_fraction)
         self.modules = {name: _out_of_place(module) for name, module in traced.named_modules()}
         self.nodes = list(traced.graph.nodes)
+        #: nodes whose value is computed from the input (the others are parameters and constants)
+        self.batched: set[fx.Node] = set()
+        for node in self.nodes:
+            if node.op == "placeholder" or any(n in self.batched for n in node.all_input_nodes):
+                self.batched.add(node)
 
     @classmethod
     def build(cls, model: nn.Module, dense_fraction: float = 0.5) -> IncrementalModel | None:
@@ -167,6 +172,18 @@ class IncrementalModel:
             else:
                 values[node] = self._run(node, values)
         return values
+
+    def image_cache(self, cache: dict[fx.Node, Any], row: int) -> dict[fx.Node, Any]:
+        """The :meth:`clean_pass` cache of image ``row`` alone, cut out of a batch's cache (views)."""
+        batch = self.input_of(cache).shape[0]
+        out: dict[fx.Node, Any] = {}
+        for node in self.nodes:
+            value = cache[node]
+            # Parameters and constants are shared; only values computed from the batch have its rows.
+            if node in self.batched and isinstance(value, torch.Tensor) and value.shape[:1] == (batch,):
+                value = value[row : row + 1]
+            out[node] = value
+        return out
 
     def _run(self, node: fx.Node, values: dict[fx.Node, Any]) -> Any:
         """The node's ordinary result given dense argument values."""
