@@ -176,3 +176,18 @@ def test_deletion_and_insertion_share_the_clean_and_fully_replaced_points():
     assert [r["insertion.auc"] for r in records] == pytest.approx(
         [r["insertion.auc"] for r in alone], abs=1e-9
     )
+
+
+def test_lite0_region_perturbation_is_exact_with_incremental_steps():
+    from evalcam.bench.faithfulness_metrics import bench_batch
+
+    batch = bench_batch(images=2)
+    yy, xx = torch.meshgrid(torch.arange(7.0), torch.arange(7.0), indexing="ij")
+    batch.pred_maps = torch.exp(-((yy - 2) ** 2 + (xx - 4) ** 2) / 1.5).expand(2, 1, 7, 7).contiguous()
+    params = {"patch_size": 16, "regions": 10, "baseline": "uniform", "chunk_size": 8}
+    (dense,) = build_metrics({"region_perturbation": {**params, "incremental": False}}, "cpu")
+    (ours,) = build_metrics({"region_perturbation": {**params, "incremental": True}}, "cpu")
+    want, _ = dense.curves(batch)
+    got, _ = ours.curves(batch)
+    assert local_steps.LAST.local >= 10 and local_steps.LAST.clean_passes == 2
+    assert float((got - want).abs().max()) <= 1e-6
