@@ -158,8 +158,8 @@ class CausalMetric(Metric):
     def curves(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores ``[B, n + 1]`` of the top-1 class along the game, and the degenerate-map flags.
 
-        The clean point is the batch's own forward and the fully replaced point is scored once per batch
-        (once per batch in all for a constant substrate), shared with the other game of the pair through
+        The clean point is the batch's own forward and the fully replaced point is scored once per image
+        (blur) or once per batch (a constant substrate), shared with the other game of the pair through
         :func:`shared_state`, as are the saliency order and the substrate; the ``n - 1`` intermediate
         copies of all images run as one stream (small replaced regions incrementally, see
         :mod:`evalcam.metrics.local_steps`).
