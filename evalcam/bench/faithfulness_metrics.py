@@ -160,11 +160,12 @@ def bench_rows(images: int = 8, steps: int = 48, metrics: list[str] | None = Non
         }
         if name == "infidelity":
             row["note"] = "evalcam: incremental re-inference of each square's cone (forwards not counted)"
-        elif local_steps.LAST.local or local_steps.LAST.unchanged:
+        elif local_steps.LAST.clean_passes:
             last = local_steps.LAST
+            row["evalcam_forwards"] += last.clean_passes  # the incremental path's clean passes are forwards
             row["note"] = (
-                f"evalcam: {last.local} copies incremental (not counted, ~0.5-0.8 forward each), "
-                f"{last.unchanged} unchanged"
+                f"evalcam: {last.local} copies incremental (~0.5-0.8 forward each, not counted) "
+                f"after {last.clean_passes} clean passes (counted)"
             )
         if quantus is not None and peer is not None:
             metric_q = peer(quantus)(normalise=False, abs=False, disable_warnings=True, **theirs)
