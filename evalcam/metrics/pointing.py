@@ -23,6 +23,10 @@ Energy-based pointing game: the share of the map's energy inside the class regio
 as above; ``energy`` is the mean over evaluated (image, class) pairs. A degenerate map (non-finite, no
 positive energy, or constant: it singles out no region) scores 0, like a miss of the pointing game, and is
 counted in ``degenerate_maps``.
+
+Both run per image as tensor operations over all of the image's evaluated classes on the maps' device
+(:mod:`evalcam.metrics.pointing_tensors`); only the annotation side (class regions, the difficult subset)
+is built per class from the sample.
 """
 
 from __future__ import annotations
