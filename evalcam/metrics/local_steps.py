@@ -108,7 +108,10 @@ def stepped_scores(
     """
     batch, height, width = base.shape[0], int(base.shape[-2]), int(base.shape[-1])
     classes = classes.to(base.device)
-    executor = incremental_model(model) if use_incremental(incremental, base.device) else None
+    # A transformer's patch embedding is its only local layer: nothing to save, so no trace either.
+    convolutional = sum(isinstance(m, nn.Conv2d) for m in model.modules()) >= 3
+    local_ok = convolutional and use_incremental(incremental, base.device)
+    executor = incremental_model(model) if local_ok else None
     counts = StepCounts()
     out = torch.full((batch, copies), float("nan"), dtype=torch.float64)
     dense: list[tuple[int, int]] = []
@@ -137,7 +140,7 @@ def stepped_scores(
         counts.clean_passes += len(images)
         for row, i in enumerate(images):
             local, boxes = plans[i]
-            _score_local(
+            failed = _score_local(
                 executor,
                 executor.image_cache(cache, row),  # type: ignore[union-attr]
                 base,
@@ -153,7 +156,8 @@ def stepped_scores(
                 out,
                 counts,
             )
-            counts.local += len(local)
+            counts.local += len(local) - len(failed)
+            dense += [(i, k) for k in failed]
         del cache
     counts.local -= counts.unchanged
     if dense:
@@ -185,8 +189,10 @@ def _score_local(
     group_size: int,
     out: torch.Tensor,
     counts: StepCounts,
-) -> None:
-    """Score image ``i``'s local copies from its cached clean pass, in groups sharing a small union box."""
+) -> list[int]:
+    """Score image ``i``'s local copies from its cached clean pass, in groups sharing a small union box;
+    returns the copies that must run as full forwards after all."""
+    failed: list[int] = []
     clean_logits = executor.output_of(cache)  # type: ignore[attr-defined]
     cls = classes[i : i + 1]
     groups: list[list[int]] = []
@@ -213,10 +219,17 @@ def _score_local(
         ks = torch.tensor(group, device=base.device)
         crop = (slice(None), slice(None), slice(y0, y1), slice(x0, x1))
         patch = torch.where(mask_of(image, ks)[crop], values_of(image, ks)[crop], base[i : i + 1][crop])
-        logits = executor.patched(cache, union, patch)  # type: ignore[attr-defined]
+        try:
+            logits = executor.patched(cache, union, patch)  # type: ignore[attr-defined]
+        except RuntimeError:
+            # A layer the engine runs densely mixed a copy with a cached single-image value in a way that
+            # does not broadcast (e.g. a concatenation): these copies take full forwards instead.
+            failed += group
+            continue
         scores = class_scores(logits, cls.expand(len(group)), score).double().cpu()
         out[i, torch.tensor(group)] = scores
         counts.groups.append(len(group))
+    return failed
 
 
 def _union(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, int, int, int]:
