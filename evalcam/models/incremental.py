@@ -73,11 +73,21 @@ class Patched:
     box: Box
     patch: torch.Tensor
 
-    def crop(self, box: Box) -> torch.Tensor:
-        """The map's values on ``box`` (which must lie inside the map)."""
+    def crop(self, box: Box, pad_value: float = 0.0) -> torch.Tensor:
+        """The map's values on ``box``; parts of ``box`` outside the map read ``pad_value`` (the explicit
+        padding of a convolution or pooling, written in place rather than by a second copy)."""
         y0, y1, x0, x1 = box
-        out = self._batched(self.clean[..., y0:y1, x0:x1]).clone()
-        overlap = _intersect(self.box, box)
+        height, width = self.clean.shape[-2:]
+        inside = (max(y0, 0), min(y1, height), max(x0, 0), min(x1, width))
+        clean = self.clean[..., inside[0] : inside[1], inside[2] : inside[3]]
+        if inside == box:
+            out = self._batched(clean).clone()
+        else:
+            copies = max(self.clean.shape[0], self.patch.shape[0])
+            shape = (copies, *self.clean.shape[1:-2], y1 - y0, x1 - x0)
+            out = self.clean.new_full(shape, pad_value)
+            out[..., inside[0] - y0 : inside[1] - y0, inside[2] - x0 : inside[3] - x0] = clean
+        overlap = _intersect(self.box, inside)
         if overlap is not None:
             oy0, oy1, ox0, ox1 = overlap
             py0, px0 = self.box[0], self.box[2]
@@ -396,12 +406,7 @@ class IncrementalModel:
                 return Patched(out, (0, 0, 0, 0), out[..., :0, :0])
             spans.append(geometry)
         (oy0, oy1, iy0, iy1), (ox0, ox1, ix0, ix1) = spans
-        inside = (max(iy0, 0), min(iy1, height), max(ix0, 0), min(ix1, width))
-        crop = x.crop(inside)
-        border = (inside[2] - ix0, ix1 - inside[3], inside[0] - iy0, iy1 - inside[1])
-        if any(border):
-            crop = F.pad(crop, border, value=pad_value)
-        patch = fn(crop)
+        patch = fn(x.crop((iy0, iy1, ix0, ix1), pad_value))
         copies = x.patch.shape[0]
         if patch.shape[-2:] != (oy1 - oy0, ox1 - ox0) or patch.shape[:2] != (copies, out.shape[1]):
             return None
