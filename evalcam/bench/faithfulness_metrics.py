@@ -4,9 +4,10 @@
 mirror images at 224 px, CPU), one set of smooth random maps (seeded), and runs each metric once per side
 with matched settings (same steps, baseline value 0 in the normalized input space, softmax scores), after
 one untimed warm-up forward. Each row holds the wall times, ``ratio = quantus_s / evalcam_s`` (above 1:
-evalcam is faster), and the images pushed through the network by each side (counted by a wrapper around
-the model; evalcam's infidelity runs the bare model, whose incremental re-inference re-computes only each
-square's cone, so its row says so and counts no forwards). Quantus is optional: without it the rows carry
+evalcam is faster), and the images pushed through the network by full forwards on each side (counted by a
+forward pre-hook on the model; copies that evalcam's incremental re-inference scores by re-computing only
+the cone of their changed region are not forwards: infidelity's squares, and the first, local steps of the
+cumulative games, which the row's note counts). Quantus is optional: without it the rows carry
 evalcam's numbers only. ``benchmarks/bench_faithfulness.py`` prints the table.
 """
 
@@ -22,21 +23,22 @@ import torch
 from torch import nn
 
 from evalcam.data.types import Sample
-from evalcam.metrics import build_metrics
+from evalcam.metrics import build_metrics, local_steps
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.faithful_base import input_cams
 
 
-class CountingModel(nn.Module):
-    """The model, counting the images it is run on."""
+class CountingModel:
+    """Counts the images ``model`` is run on by full forwards: a pre-hook on the root module, which
+    Quantus's calls and evalcam's dense forwards go through, while the incremental re-inference runs the
+    traced layers (and ``torch.fx`` can still trace the model)."""
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__()
         self.model, self.images = model, 0
+        model.register_forward_pre_hook(self._count)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        self.images += int(inputs.shape[0])
-        return self.model(inputs)
+    def _count(self, _module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.images += int(args[0].shape[0])
 
 
 def bench_batch(images: int = 8, model_name: str = "efficientnet_lite0", seed: int = 0) -> EvalBatch:
@@ -126,8 +128,7 @@ def bench_rows(images: int = 8, steps: int = 48, metrics: list[str] | None = Non
     if steps % 3 or (224 * 224) % (steps // 3):
         raise ValueError(f"steps={steps} must be 3*m with m dividing 224*224 (12, 24, 48, 96, ...)")
     batch = bench_batch(images)
-    counter = CountingModel(batch.bundle.model).eval()
-    batch.bundle.model = counter
+    counter = CountingModel(batch.bundle.model)
     cams, _ = input_cams(batch)
     x = batch.inputs.numpy()
     y = batch.pred_classes[:, 0].numpy()
@@ -146,12 +147,9 @@ def bench_rows(images: int = 8, steps: int = 48, metrics: list[str] | None = Non
         params = {**ours, "chunk_size": images} if name != "sufficiency" else ours
         (metric,) = build_metrics({name: params}, "cpu")
         counter.images = 0
-        # torch.fx cannot trace the counting wrapper: infidelity gets the bare model so that its incremental
-        # re-inference applies (its forward count then shows the clean passes only)
-        batch.bundle.model = counter.model if name == "infidelity" else counter
+        local_steps.LAST.__dict__.update(local_steps.StepCounts().__dict__)
         start = time.perf_counter()
         metric.update(batch)
-        batch.bundle.model = counter
         row: dict[str, Any] = {
             "metric": name,
             "evalcam_s": time.perf_counter() - start,
@@ -162,6 +160,13 @@ def bench_rows(images: int = 8, steps: int = 48, metrics: list[str] | None = Non
         }
         if name == "infidelity":
             row["note"] = "evalcam: incremental re-inference of each square's cone (forwards not counted)"
+        elif local_steps.LAST.clean_passes:
+            last = local_steps.LAST
+            row["evalcam_forwards"] += last.clean_passes  # the incremental path's clean passes are forwards
+            row["note"] = (
+                f"evalcam: {last.local} copies incremental (~0.5-0.8 forward each, not counted) "
+                f"after {last.clean_passes} clean passes (counted)"
+            )
         if quantus is not None and peer is not None:
             metric_q = peer(quantus)(normalise=False, abs=False, disable_warnings=True, **theirs)
             counter.images = 0
@@ -170,7 +175,7 @@ def bench_rows(images: int = 8, steps: int = 48, metrics: list[str] | None = Non
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     kwargs = {"device": "cpu", "softmax": True, "batch_size": images}
-                    metric_q(model=counter, x_batch=x, y_batch=y, a_batch=a, **kwargs)
+                    metric_q(model=counter.model, x_batch=x, y_batch=y, a_batch=a, **kwargs)
             except Exception as err:  # a peer failure is a row note, not a lost table
                 row["note"] = f"Quantus failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
                 rows.append(row)

@@ -16,8 +16,16 @@ AUC is the trapezoid rule on the uniform grid ``x = i / n`` (RISE's ``auc``:
 ``(sum - first/2 - last/2) / n``). Defaults follow RISE (``step`` = 224, probabilities); ``score="logit"``
 is available. Ties in saliency are broken by raster order (RISE's unstable argsort leaves them arbitrary),
 so results are deterministic. Degenerate maps (NaN/Inf or constant) carry no order: they are treated as
-constant (pure raster order) and counted in ``degenerate_maps``. The ``n + 1`` perturbed copies of each
-image are generated on the fly and scored ``chunk_size`` at a time.
+constant (pure raster order) and counted in ``degenerate_maps``.
+
+Forwards: the clean point is the batch's own forward (``batch.logits``); the fully replaced point is one
+forward per image (blur) or one per batch (a constant substrate is the same image for every image), and a
+run with both games scores it, the saliency order and the substrate once per batch (deletion's end is
+insertion's start when their substrates agree). The ``n - 1`` intermediate copies of all images of a batch
+are generated on the fly and scored as one stream of ``chunk_size`` forwards; on the CPU
+(``incremental: auto``) copies whose replaced pixels fit in a small box re-compute only its receptive
+field (:mod:`evalcam.metrics.local_steps`, exact up to float round-off). Per batch of ``B`` images that is
+``B (n - 1) + 1`` forwards for deletion with the RISE substrate instead of ``B (n + 1)``.
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from evalcam.maps import upsample
+from evalcam.methods.occlusion import use_incremental
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
-from evalcam.metrics.perturb import fill_value, model_of, normalization, scores_of_items
+from evalcam.metrics.local_steps import stepped_scores
+from evalcam.metrics.perturb import class_scores, fill_value, model_of, normalization
 from evalcam.metrics.stats import flat_maps
 
 
@@ -57,6 +67,16 @@ def blur(inputs: torch.Tensor, size: int = 11, sigma: float = 5.0) -> torch.Tens
     kernel = gaussian_kernel(size, sigma).to(inputs.device, inputs.dtype)
     weight = kernel.expand(channels, 1, size, size).contiguous()
     return F.conv2d(inputs, weight, padding=size // 2, groups=channels)
+
+
+def shared_state(batch: EvalBatch) -> dict[Any, Any]:
+    """What deletion and insertion share on one batch (saliency order, substrates, fully replaced scores),
+    kept in ``batch.extra`` and tied to the batch's input tensor (a sliced batch gets its own)."""
+    entry = batch.extra.get("causal")
+    if entry is None or entry[0] is not batch.inputs:
+        entry = (batch.inputs, {})
+        batch.extra["causal"] = entry
+    return entry[1]
 
 
 def saliency_rank(
@@ -91,8 +111,11 @@ class CausalMetric(Metric):
         blur_sigma: float = 5.0,
         score: str = "prob",
         chunk_size: int = 64,
+        incremental: bool | str = "auto",
     ) -> None:
         super().__init__(device)
+        use_incremental(incremental, torch.device("cpu"))  # reject a bad value now, not mid-run
+        self.incremental = incremental
         self.step = int(step)
         if self.step < 1:
             raise ValueError(f"step must be >= 1 pixel; got {step}")
@@ -110,29 +133,73 @@ class CausalMetric(Metric):
         mean, std = normalization(batch)
         return fill_value(self.substrate, mean, std).expand_as(batch.inputs)
 
+    def _substrate_key(self) -> tuple[Any, ...]:
+        return ("blur", self.blur_size, self.blur_sigma) if self.substrate == "blur" else (self.substrate,)
+
+    @torch.no_grad()
+    def _substrate_logits(
+        self, batch: EvalBatch, shared: dict[Any, Any], substrate: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``[B, classes]`` of the fully replaced images (deletion's last point, insertion's first)."""
+        key = ("logits", *self._substrate_key())
+        if key not in shared:
+            model = model_of(batch)
+            if self.substrate == "blur":
+                parts = [
+                    model(substrate[i : i + self.chunk_size])
+                    for i in range(0, len(substrate), self.chunk_size)
+                ]
+                shared[key] = torch.cat(parts)
+            else:
+                # A constant substrate is the same image for every image of the batch: one forward.
+                shared[key] = model(substrate[:1]).expand(len(substrate), -1)
+        return shared[key]
+
     def curves(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores ``[B, n + 1]`` of the top-1 class along the game, and the degenerate-map flags."""
+        """Scores ``[B, n + 1]`` of the top-1 class along the game, and the degenerate-map flags.
+
+        The clean point is the batch's own forward and the fully replaced point is scored once per image
+        (blur) or once per batch (a constant substrate), shared with the other game of the pair through
+        :func:`shared_state`, as are the saliency order and the substrate; the ``n - 1`` intermediate
+        copies of all images run as one stream (small replaced regions incrementally, see
+        :mod:`evalcam.metrics.local_steps`).
+        """
         inputs = batch.inputs
-        height, width = inputs.shape[-2:]
-        substrate = self.substrate_of(batch)
+        height, width = (int(v) for v in inputs.shape[-2:])
+        shared = shared_state(batch)
+        key = ("substrate", *self._substrate_key())
+        if key not in shared:
+            shared[key] = self.substrate_of(batch)
+        substrate = shared[key]
         start, finish = (inputs, substrate) if self.mode == "deletion" else (substrate, inputs)
-        cams = upsample(batch.pred_maps[:, 0].to(inputs.device), (int(height), int(width)))
-        rank, degenerate = saliency_rank(cams, flat_maps(batch.pred_maps[:, 0]))
+        if "rank" not in shared:
+            cams = upsample(batch.pred_maps[:, 0].to(inputs.device), (height, width))
+            shared["rank"] = saliency_rank(cams, flat_maps(batch.pred_maps[:, 0]))
+        rank, degenerate = shared["rank"]
         rank = rank.view(-1, 1, height, width)
-        points = math.ceil(height * width / self.step) + 1
+        steps = math.ceil(height * width / self.step)
         classes = batch.pred_classes[:, 0].to(inputs.device)
 
-        def inputs_of(lo: int, hi: int) -> torch.Tensor:
-            index = torch.arange(lo, hi, device=inputs.device)
-            image, k = index // points, index % points
-            changed = rank[image] < (k * self.step).view(-1, 1, 1, 1)
-            return torch.where(changed, finish[image], start[image])
+        def mask_of(image: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            return rank[image] < ((k + 1) * self.step).view(-1, 1, 1, 1)  # copy k is step k + 1
 
-        item_classes = classes.repeat_interleave(points)
-        scores = scores_of_items(
-            model_of(batch), len(item_classes), inputs_of, item_classes, self.score, self.chunk_size
+        middle = stepped_scores(
+            model_of(batch),
+            start,
+            classes,
+            steps - 1,
+            mask_of,
+            lambda image, _k: finish[image],
+            self.score,
+            self.chunk_size,
+            self.incremental,
         )
-        return scores.view(-1, points), degenerate
+        clean = class_scores(batch.logits.to(inputs.device), classes, self.score).double()
+        replaced = class_scores(
+            self._substrate_logits(batch, shared, substrate), classes, self.score
+        ).double()
+        first, last = (clean, replaced) if self.mode == "deletion" else (replaced, clean)
+        return torch.cat([first[:, None], middle.to(first.device), last[:, None]], 1), degenerate
 
     def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
         scores, degenerate = self.curves(batch)

@@ -30,6 +30,7 @@ from torch import nn
 
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.causal import blur
+from evalcam.metrics.local_steps import stepped_scores
 from evalcam.metrics.perturb import fill_value, normalization, scores_of_items
 
 #: baselines a config may name (a number in [0, 1] is a grey level)
@@ -209,11 +210,14 @@ def group_scores(
     score: str,
     chunk_size: int,
     cumulative: bool,
+    incremental: bool | str = False,
 ) -> torch.Tensor:
     """Scores ``[B, K]`` of ``classes`` on copies of ``inputs`` where the pixels of ``groups`` ``[B, H, W]``
     equal to ``steps[k]`` (or, ``cumulative``, below ``steps[k]``) take the baseline.
 
-    ``steps`` is ``[K]`` (shared) or ``[B, K]`` (per image).
+    ``steps`` is ``[K]`` (shared) or ``[B, K]`` (per image). ``incremental`` (``True``/``"auto"``: on the
+    CPU) scores copies that replace a small region by incremental re-inference
+    (:mod:`evalcam.metrics.local_steps`): the same numbers, fewer forwards.
     """
     batch = inputs.shape[0]
     steps = steps.to(inputs.device)
@@ -224,6 +228,10 @@ def group_scores(
         bound = steps[image, k].view(-1, 1, 1, 1)
         return groups[image] < bound if cumulative else groups[image] == bound
 
+    if incremental is not False:
+        return stepped_scores(
+            model, inputs, classes, steps.shape[1], mask_of, baseline, score, chunk_size, incremental
+        )
     return masked_scores(model, inputs, classes, steps.shape[1], mask_of, baseline, score, chunk_size)
 
 

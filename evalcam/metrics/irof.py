@@ -27,6 +27,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from evalcam.methods.occlusion import use_incremental
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.causal import curve_auc
 from evalcam.metrics.faithful_base import FaithfulMetric, input_cams
@@ -48,8 +49,11 @@ class IROF(FaithfulMetric):
         score: str = "prob",
         chunk_size: int = 64,
         seed: int = 0,
+        incremental: bool | str = "auto",
     ) -> None:
         super().__init__(device)
+        use_incremental(incremental, torch.device("cpu"))  # reject a bad value now, not mid-run
+        self.incremental = incremental
         self.n_segments, self.compactness = int(n_segments), float(compactness)
         if self.n_segments < 2:
             raise ValueError(f"{self.name}: n_segments={n_segments} must be >= 2")
@@ -89,6 +93,7 @@ class IROF(FaithfulMetric):
             self.score,
             self.chunk_size,
             cumulative=True,
+            incremental=self.incremental,
         )
         clean = class_scores(batch.logits.to(device), classes, self.score).double()
         ratio = scores / clean[:, None].clamp_min(torch.finfo(torch.float64).tiny)

@@ -24,6 +24,7 @@ from typing import ClassVar
 
 import torch
 
+from evalcam.methods.occlusion import use_incremental
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.causal import curve_auc
 from evalcam.metrics.faithful_base import FaithfulMetric, input_cams
@@ -53,8 +54,11 @@ class PixelFlipping(FaithfulMetric):
         score: str = "prob",
         chunk_size: int = 64,
         seed: int = 0,
+        incremental: bool | str = "auto",
     ) -> None:
         super().__init__(device)
+        use_incremental(incremental, torch.device("cpu"))  # reject a bad value now, not mid-run
+        self.incremental = incremental
         self.steps, self.order = int(steps), check_order(self.name, order)
         if self.order == "lerf":
             self.higher_is_better = {"auc": True, "aopc": False}
@@ -76,6 +80,7 @@ class PixelFlipping(FaithfulMetric):
             self.score,
             self.chunk_size,
             cumulative=True,
+            incremental=self.incremental,
         )
         clean = class_scores(batch.logits.to(batch.inputs.device), classes, self.score).double()
         return torch.cat([clean[:, None], flipped], 1), degenerate

@@ -26,6 +26,10 @@ counted in ``degenerate_maps``.
 
 Bootstrap intervals (:mod:`evalcam.stats`): images are resampled with all their (class, hit) pairs and
 the per-class accuracies and their mean are recomputed inside every resample.
+
+Both run per image as tensor operations over all of the image's evaluated classes on the maps' device
+(:mod:`evalcam.metrics.pointing_tensors`); only the annotation side (class regions, the difficult subset)
+is built per class from the sample.
 """
 
 from __future__ import annotations
@@ -35,16 +39,16 @@ from typing import Any, ClassVar
 
 import torch
 
-from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.mask_scores import relevance_mass
-from evalcam.metrics.regions import (
-    argmax_point,
-    class_mask,
-    ebp_difficult_classes,
-    not_evaluated,
-    pointing_hit,
+from evalcam.metrics.pointing_tensors import (
+    argmax_points,
+    class_cams,
+    class_regions,
+    energy_shares,
+    points_hit,
 )
+from evalcam.metrics.regions import ebp_difficult_classes, not_evaluated
 from evalcam.metrics.stats import flat_maps
 from evalcam.requirements import Needs
 from evalcam.stats.aggregation import Aggregation, ClassMean, PairMean
@@ -93,41 +97,52 @@ class PointingGame(Metric):
 
     def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
         records = []
-        hits = torch.zeros(2, 2, self.num_classes, dtype=torch.float64)  # [subset all/difficult, hit/miss, C]
+        device = batch.gt_maps.device if batch.gt_maps is not None else torch.device("cpu")
+        hits = torch.zeros(
+            2, 2, self.num_classes, dtype=torch.float64, device=device
+        )  # [all/difficult, hit/miss, C]
         skipped = degenerate = 0
         # A method that defines its point directly (the centre baseline: TorchRay's (w/2, h/2)) is scored
         # at that point, not at the argmax of its resampled map.
         fixed_point = getattr(batch.explainer, "pointing_point", None)
         for i, (sample, pairs) in enumerate(zip(batch.samples, _gt_pairs(batch), strict=True)):
-            difficult = ebp_difficult_classes(sample, self.difficult_area)
-            outcome, points = [], []
-            for col, cls in pairs:
+            for _, cls in pairs:
                 if cls >= self.num_classes:
                     raise ValueError(
                         f"class {cls} >= num_classes={self.num_classes}; set metrics.pointing.num_classes"
                     )
-                if not_evaluated(sample, cls):
-                    skipped += 1
-                    outcome.append(-1)
-                    points.append(None)
-                    continue
-                cam = upsample(batch.gt_maps[i, col], sample.size).cpu()
-                if is_flat(batch.gt_maps[i, col]) or is_flat(cam):  # the method's map, then resampled
-                    degenerate += 1
-                    hit, point = False, None
-                else:
-                    point = argmax_point(cam) if fixed_point is None else fixed_point(sample.size)
-                    hit = pointing_hit(point, sample, cls, self.tolerance)
-                hits[0, 0 if hit else 1, cls] += 1
-                if cls in difficult:
-                    hits[1, 0 if hit else 1, cls] += 1
-                outcome.append(int(hit))
-                points.append(list(point) if point is not None else None)
+            difficult = ebp_difficult_classes(sample, self.difficult_area)
+            evaluated = [(col, cls) for col, cls in pairs if not not_evaluated(sample, cls)]
+            skipped += len(pairs) - len(evaluated)
+            cols = [col for col, _ in evaluated]
+            classes = [cls for _, cls in evaluated]
+            # all evaluated classes of the image at once, on the maps' device
+            cams, flat = class_cams(batch.gt_maps[i, cols], sample.size)
+            points = argmax_points(cams)
+            if fixed_point is not None:
+                points = torch.tensor(
+                    [fixed_point(sample.size)] * len(classes), dtype=torch.float64, device=cams.device
+                ).reshape(len(classes), 2)
+            hit = points_hit(points, class_regions(sample, classes, cams.device), self.tolerance) & ~flat
+            cls_index = torch.tensor(classes, dtype=torch.long, device=device)
+            miss = (~hit).long().to(device)
+            ones = torch.ones(len(classes), dtype=torch.float64, device=device)
+            hits[0].index_put_((miss, cls_index), ones, accumulate=True)
+            in_difficult = torch.tensor([c in difficult for c in classes], dtype=torch.bool, device=device)
+            hits[1].index_put_(
+                (miss[in_difficult], cls_index[in_difficult]), ones[in_difficult], accumulate=True
+            )
+            degenerate += int(flat.sum())
+            found = dict(
+                zip(cols, zip(hit.tolist(), points.tolist(), flat.tolist(), strict=True), strict=True)
+            )
+            outcome = [int(found[col][0]) if col in found else -1 for col, _ in pairs]
+            where = [None if col not in found or found[col][2] else found[col][1] for col, _ in pairs]
             records.append(
                 {
                     "pointing.classes": [c for _, c in pairs],
                     "pointing.hit": outcome,  # 1 hit, 0 miss, -1 not evaluated (all boxes difficult)
-                    "pointing.points": points,
+                    "pointing.points": where,
                     "pointing.difficult": [c in difficult for _, c in pairs],
                 }
             )
@@ -194,23 +209,21 @@ class EnergyPointingGame(Metric):
     def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
         records = []
         for i, (sample, pairs) in enumerate(zip(batch.samples, _gt_pairs(batch), strict=True)):
-            shares: list[float | None] = []
-            for col, cls in pairs:
-                if not_evaluated(sample, cls):
-                    self.skipped = self.skipped + 1
-                    shares.append(None)
-                    continue
-                cam = upsample(batch.gt_maps[i, col], sample.size).cpu()
-                flat = is_flat(batch.gt_maps[i, col])  # judged before resampling
-                share = None if flat else energy_in_region(cam, class_mask(sample, cls))
-                if share is None:
-                    self.degenerate = self.degenerate + 1
-                    share = 0.0
-                self.energy = self.energy + share
-                self.pairs = self.pairs + 1
-                shares.append(share)
+            evaluated = [(col, cls) for col, cls in pairs if not not_evaluated(sample, cls)]
+            cols = [col for col, _ in evaluated]
+            cams, flat = class_cams(batch.gt_maps[i, cols], sample.size)
+            regions = class_regions(sample, [cls for _, cls in evaluated], cams.device)
+            shares, degenerate = energy_shares(cams, regions, flat)
+            self.energy = self.energy + shares.sum().to(self.device)
+            self.pairs = self.pairs + len(evaluated)
+            self.skipped = self.skipped + (len(pairs) - len(evaluated))
+            self.degenerate = self.degenerate + degenerate.sum().to(self.device)
+            found = dict(zip(cols, shares.tolist(), strict=True))
             records.append(
-                {"energy_pointing.classes": [c for _, c in pairs], "energy_pointing.energy": shares}
+                {
+                    "energy_pointing.classes": [c for _, c in pairs],
+                    "energy_pointing.energy": [found.get(col) for col, _ in pairs],
+                }
             )
         return records
 

@@ -22,6 +22,7 @@ from typing import ClassVar
 
 import torch
 
+from evalcam.methods.occlusion import use_incremental
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.faithful_base import FaithfulMetric, input_cams
 from evalcam.metrics.imputation import Baseline, check_count, group_scores, patch_groups
@@ -44,8 +45,11 @@ class RegionPerturbation(FaithfulMetric):
         score: str = "prob",
         chunk_size: int = 64,
         seed: int = 0,
+        incremental: bool | str = "auto",
     ) -> None:
         super().__init__(device)
+        use_incremental(incremental, torch.device("cpu"))  # reject a bad value now, not mid-run
+        self.incremental = incremental
         self.patch_size, self.regions = int(patch_size), int(regions)
         if self.patch_size < 1:
             raise ValueError(f"{self.name}: patch_size={patch_size} must be >= 1 pixel")
@@ -70,6 +74,7 @@ class RegionPerturbation(FaithfulMetric):
             self.score,
             self.chunk_size,
             cumulative=True,
+            incremental=self.incremental,
         )
         clean = class_scores(batch.logits.to(batch.inputs.device), classes, self.score).double()
         return torch.cat([clean[:, None], perturbed], 1), degenerate

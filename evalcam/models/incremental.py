@@ -73,11 +73,21 @@ class Patched:
     box: Box
     patch: torch.Tensor
 
-    def crop(self, box: Box) -> torch.Tensor:
-        """The map's values on ``box`` (which must lie inside the map)."""
+    def crop(self, box: Box, pad_value: float = 0.0) -> torch.Tensor:
+        """The map's values on ``box``; parts of ``box`` outside the map read ``pad_value`` (the explicit
+        padding of a convolution or pooling, written in place rather than by a second copy)."""
         y0, y1, x0, x1 = box
-        out = self.clean[..., y0:y1, x0:x1].clone()
-        overlap = _intersect(self.box, box)
+        height, width = self.clean.shape[-2:]
+        inside = (max(y0, 0), min(y1, height), max(x0, 0), min(x1, width))
+        clean = self.clean[..., inside[0] : inside[1], inside[2] : inside[3]]
+        if inside == box:
+            out = self._batched(clean).clone()
+        else:
+            copies = max(self.clean.shape[0], self.patch.shape[0])
+            shape = (copies, *self.clean.shape[1:-2], y1 - y0, x1 - x0)
+            out = self.clean.new_full(shape, pad_value)
+            out[..., inside[0] - y0 : inside[1] - y0, inside[2] - x0 : inside[3] - x0] = clean
+        overlap = _intersect(self.box, inside)
         if overlap is not None:
             oy0, oy1, ox0, ox1 = overlap
             py0, px0 = self.box[0], self.box[2]
@@ -86,8 +96,14 @@ class Patched:
             ]
         return out
 
+    def _batched(self, clean: torch.Tensor) -> torch.Tensor:
+        # Several copies of one cached image share its clean values (a batch of 1, broadcast).
+        if clean.shape[0] == 1 and self.patch.shape[0] > 1:
+            return clean.expand(self.patch.shape[0], *clean.shape[1:])
+        return clean
+
     def dense(self) -> torch.Tensor:
-        out = self.clean.clone()
+        out = self._batched(self.clean).clone()
         y0, y1, x0, x1 = self.box
         out[..., y0:y1, x0:x1] = self.patch
         return out
@@ -136,6 +152,11 @@ class IncrementalModel:
         self.dense_fraction = float(dense_fraction)
         self.modules = {name: _out_of_place(module) for name, module in traced.named_modules()}
         self.nodes = list(traced.graph.nodes)
+        #: nodes whose value is computed from the input (the others are parameters and constants)
+        self.batched: set[fx.Node] = set()
+        for node in self.nodes:
+            if node.op == "placeholder" or any(n in self.batched for n in node.all_input_nodes):
+                self.batched.add(node)
 
     @classmethod
     def build(cls, model: nn.Module, dense_fraction: float = 0.5) -> IncrementalModel | None:
@@ -161,6 +182,18 @@ class IncrementalModel:
             else:
                 values[node] = self._run(node, values)
         return values
+
+    def image_cache(self, cache: dict[fx.Node, Any], row: int) -> dict[fx.Node, Any]:
+        """The :meth:`clean_pass` cache of image ``row`` alone, cut out of a batch's cache (views)."""
+        batch = self.input_of(cache).shape[0]
+        out: dict[fx.Node, Any] = {}
+        for node in self.nodes:
+            value = cache[node]
+            # Parameters and constants are shared; only values computed from the batch have its rows.
+            if node in self.batched and isinstance(value, torch.Tensor) and value.shape[:1] == (batch,):
+                value = value[row : row + 1]
+            out[node] = value
+        return out
 
     def _run(self, node: fx.Node, values: dict[fx.Node, Any]) -> Any:
         """The node's ordinary result given dense argument values."""
@@ -195,13 +228,22 @@ class IncrementalModel:
     @torch.no_grad()
     def occluded(self, cache: dict[fx.Node, Any], box: Box, fill: torch.Tensor) -> Any:
         """The model's output on the cached batch with input ``box`` set to ``fill`` ``[1, C, 1, 1]``."""
+        x = self.input_of(cache)
+        y0, y1, x0, x1 = box
+        return self.patched(cache, box, fill.to(x.dtype).expand(x.shape[0], x.shape[1], y1 - y0, x1 - x0))
+
+    def input_of(self, cache: dict[fx.Node, Any]) -> torch.Tensor:
+        """The batch a :meth:`clean_pass` cache was computed on."""
+        return next(cache[node] for node in self.nodes if node.op == "placeholder")
+
+    @torch.no_grad()
+    def patched(self, cache: dict[fx.Node, Any], box: Box, patch: torch.Tensor) -> Any:
+        """The model's output on the cached batch with its input on ``box`` replaced by ``patch``
+        ``[B, C, y1 - y0, x1 - x0]`` (any values: a fill, noise, a blurred copy, a mix of pixels)."""
         values: dict[fx.Node, Any] = {}
         for node in self.nodes:
             if node.op == "placeholder":
-                x = cache[node]
-                y0, y1, x0, x1 = box
-                patch = fill.to(x.dtype).expand(x.shape[0], x.shape[1], y1 - y0, x1 - x0)
-                values[node] = Patched(x, box, patch)
+                values[node] = Patched(cache[node], box, patch.to(cache[node].dtype))
             elif node.op == "output":
                 return fx.node.map_arg(node.args[0], lambda n: _dense(values[n]))
             elif all(values[n] is cache[n] for n in node.all_input_nodes):
@@ -364,13 +406,9 @@ class IncrementalModel:
                 return Patched(out, (0, 0, 0, 0), out[..., :0, :0])
             spans.append(geometry)
         (oy0, oy1, iy0, iy1), (ox0, ox1, ix0, ix1) = spans
-        inside = (max(iy0, 0), min(iy1, height), max(ix0, 0), min(ix1, width))
-        crop = x.crop(inside)
-        border = (inside[2] - ix0, ix1 - inside[3], inside[0] - iy0, iy1 - inside[1])
-        if any(border):
-            crop = F.pad(crop, border, value=pad_value)
-        patch = fn(crop)
-        if patch.shape[-2:] != (oy1 - oy0, ox1 - ox0) or patch.shape[:2] != out.shape[:2]:
+        patch = fn(x.crop((iy0, iy1, ix0, ix1), pad_value))
+        copies = x.patch.shape[0]
+        if patch.shape[-2:] != (oy1 - oy0, ox1 - ox0) or patch.shape[:2] != (copies, out.shape[1]):
             return None
         return Patched(out, (oy0, oy1, ox0, ox1), patch)
 
