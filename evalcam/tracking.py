@@ -8,9 +8,11 @@ reached nothing is lost: the message says how to log the directory later with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import time
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -99,6 +101,7 @@ def _check_reachable(uri: str) -> None:
 def log_run_dir(run_dir: str | Path, tracking_uri: str | None = None) -> str:
     """Log the run directory written by the runner to MLflow; returns the MLflow run id."""
     import mlflow
+    from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
     run_dir = Path(run_dir)
@@ -126,21 +129,35 @@ def log_run_dir(run_dir: str | Path, tracking_uri: str | None = None) -> str:
         a.path == "per_image_table.json" for a in MlflowClient().list_artifacts(existing.info.run_id)
     )
     with mlflow.start_run(**start) as run:
-        if existing:
-            mlflow.set_tags(tags)
+        run_id = run.info.run_id
         logged = existing.data.params if existing else {}
         # MLflow params are write-once: a rerun with another batch size or device keeps the first value
         # (config.yaml, re-logged below, holds this run's).
-        items = [(k, v[:6000]) for k, v in summary.get("params", {}).items() if k not in logged]
-        for start_at in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            mlflow.log_params(dict(items[start_at : start_at + 100]))
-        finite = {k: v for k, v in summary.get("metrics", {}).items() if v == v}  # drop NaN
-        mlflow.log_metrics(finite)
-        for name in ("config.yaml", "summary.json", "per_image.parquet", "per_image.csv", "skipped.csv"):
-            if (run_dir / name).exists():
-                mlflow.log_artifact(str(run_dir / name))
-        for picture in sorted(run_dir.glob("*.png")):
-            mlflow.log_artifact(str(picture), artifact_path="figures")
+        params = [Param(k, v[:6000]) for k, v in summary.get("params", {}).items() if k not in logged]
+        now = int(time.time() * 1000)
+        finite = [
+            Metric(k, float(v), now, 0) for k, v in summary.get("metrics", {}).items() if v == v
+        ]  # NaN dropped
+        run_tags = [RunTag(k, str(v)) for k, v in tags.items()] if existing else []
+        # Batched: one request per 100 params / 1000 metrics instead of one per value (MLflow's caps).
+        client = MlflowClient()
+        calls = max(-(-len(params) // 100), -(-len(finite) // 1000), -(-len(run_tags) // 100), 1)
+        for i in range(calls):
+            client.log_batch(
+                run_id,
+                metrics=finite[i * 1000 : (i + 1) * 1000],
+                params=params[i * 100 : (i + 1) * 100],
+                tags=run_tags[i * 100 : (i + 1) * 100],
+            )
+        manifest = _load_manifest(run_dir, run_id)
+        files = [(run_dir / n, None) for n in ARTIFACTS if (run_dir / n).exists()]
+        files += [(picture, "figures") for picture in sorted(run_dir.glob("*.png"))]
+        for path, folder in files:
+            digest = _digest(path)
+            if manifest.get(path.name) == digest:
+                continue  # unchanged since this folder was last logged to this MLflow run
+            mlflow.log_artifact(str(path), artifact_path=folder)
+            manifest[path.name] = digest
         table = run_dir / "per_image.parquet"
         if table.exists() and not table_logged:
             import pandas as pd
@@ -148,10 +165,32 @@ def log_run_dir(run_dir: str | Path, tracking_uri: str | None = None) -> str:
             frame = pd.read_parquet(table)
             # log_table makes the per-image results browsable in the UI's artifact view.
             mlflow.log_table(frame.map(_jsonable), artifact_file="per_image_table.json")
-        run_id = run.info.run_id
+        _save_manifest(run_dir, run_id, manifest)
     summary["mlflow_run_id"] = run_id
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return run_id
+
+
+# Files of a run folder logged as artifacts (pictures too, under figures/).
+ARTIFACTS = ("config.yaml", "summary.json", "per_image.parquet", "per_image.csv", "skipped.csv")
+MANIFEST = ".mlflow_logged.json"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _load_manifest(run_dir: Path, run_id: str) -> dict[str, str]:
+    """Digests of the files already uploaded to MLflow run ``run_id`` (empty for another run or store)."""
+    try:
+        saved = json.loads((run_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return dict(saved.get("files", {})) if saved.get("run_id") == run_id else {}
+
+
+def _save_manifest(run_dir: Path, run_id: str, files: dict[str, str]) -> None:
+    (run_dir / MANIFEST).write_text(json.dumps({"run_id": run_id, "files": files}, indent=1))
 
 
 def _jsonable(value: Any) -> Any:

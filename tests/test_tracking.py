@@ -1,0 +1,74 @@
+"""evalcam.tracking: a run folder logged to MLflow in batched calls, re-logging uploads only what changed."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from evalcam import tracking
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    folder = tmp_path / "gradcam__net__sample__0123456789"
+    folder.mkdir()
+    metrics = {f"m{i}/value": i / 7 for i in range(1500)}  # more than one batch of 1000 metrics
+    metrics["nan/value"] = float("nan")
+    summary = {
+        "run_name": "gradcam·net·sample",
+        "experiment": "tracking-test",
+        "tracking_uri": None,
+        "tags": {"method": "gradcam"},
+        "params": {f"p{i}": str(i) for i in range(250)},  # three batches of params
+        "metrics": metrics,
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "config.yaml").write_text("method: {name: gradcam}\n")
+    pd.DataFrame({"image_id": ["a", "b"], "status": ["ok", "ok"]}).to_parquet(folder / "per_image.parquet")
+    return folder
+
+
+def test_logging_again_uploads_only_changed_files(run_folder, tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uploads: list[str] = []
+    real = mlflow.log_artifact
+
+    def counting(path, artifact_path=None):
+        uploads.append(path.rsplit("/", 1)[-1])
+        return real(path, artifact_path=artifact_path)
+
+    monkeypatch.setattr(mlflow, "log_artifact", counting)
+    run_id = tracking.log_run_dir(run_folder, uri)
+    assert sorted(uploads) == ["config.yaml", "per_image.parquet", "summary.json"]
+    data = MlflowClient(uri).get_run(run_id).data
+    assert len(data.params) == 250 and data.params["p249"] == "249"
+    assert len(data.metrics) == 1500 and data.metrics["m1499/value"] == pytest.approx(1499 / 7)
+    assert "nan/value" not in data.metrics
+
+    uploads.clear()
+    # summary.json gained the MLflow run id after the first upload: only it changed.
+    assert tracking.log_run_dir(run_folder, uri) == run_id
+    assert uploads == ["summary.json"]
+    uploads.clear()
+    assert tracking.log_run_dir(run_folder, uri) == run_id
+    assert uploads == []
+    (run_folder / "config.yaml").write_text("method: {name: gradcam}\nbatch_size: 4\n")
+    tracking.log_run_dir(run_folder, uri)
+    assert uploads == ["config.yaml"]
+
+
+def test_a_new_store_gets_every_file_again(run_folder, tmp_path, monkeypatch):
+    uploads: list[str] = []
+    real = mlflow.log_artifact
+    monkeypatch.setattr(
+        mlflow, "log_artifact", lambda p, artifact_path=None: (uploads.append(p), real(p, artifact_path))[1]
+    )
+    tracking.log_run_dir(run_folder, f"sqlite:///{tmp_path / 'first.db'}")
+    uploads.clear()
+    # Another store holds another MLflow run: the manifest of the first one does not apply.
+    tracking.log_run_dir(run_folder, f"sqlite:///{tmp_path / 'second.db'}")
+    assert len(uploads) == 3
