@@ -224,7 +224,8 @@ def test_box_only_datasets_are_refused_unless_boxes_are_allowed():
         class_names = ["a"] * 20
 
     class Bundle:
-        categories = ["c"] * 1000
+        name = "net"
+        categories = ["a"] * 20  # the dataset's label space: only the box/mask check is under test
 
     metrics = build_metrics({"relevance_mass": {}, "sparseness": {}}, "cpu")
     with pytest.raises(ValueError) as err:
@@ -233,6 +234,17 @@ def test_box_only_datasets_are_refused_unless_boxes_are_allowed():
     assert str(err.value).startswith("metric(s) relevance_mass need segmentation masks, but dataset voc2007")
     assert "boxes_as_masks=true" in str(err.value)
     check_compatible(build_metrics({"relevance_mass": {"boxes_as_masks": True}}, "cpu"), BoxOnly(), Bundle())
+
+    class OtherHead:
+        name = "net1000"
+        categories = ["c"] * 1000
+
+    # The metric explains ground-truth classes: on a head with other classes it is refused too.
+    refusal = r"relevance_mass score the 20 classes of voc2007, but model net1000"
+    with pytest.raises(ValueError, match=refusal):
+        check_compatible(
+            build_metrics({"relevance_mass": {"boxes_as_masks": True}}, "cpu"), BoxOnly(), OtherHead()
+        )
     # used directly on a box-annotated sample, the metric refuses too
     sample = Sample(
         image=torch.zeros(3, 10, 10, dtype=torch.uint8),

@@ -109,6 +109,12 @@ class LRP(Explainer):
         )
         self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
 
+    @classmethod
+    def applies_to(cls, model: nn.Module) -> bool:
+        # Transformers (LayerNorm, attention) have no rule; BatchNorms are checked per call, where the trace
+        # shows whether each follows a linear layer it can be merged into.
+        return not any(isinstance(m, nn.LayerNorm | nn.MultiheadAttention) for m in model.modules())
+
     def _composite(self, pairs: list[tuple[nn.Module, nn.Module]]) -> Any:
         composites = importlib.import_module("zennit.composites")
         canonizers = importlib.import_module("zennit.canonizers")
