@@ -53,3 +53,17 @@ def test_a_plain_dict_gets_the_same_defaults_and_checks():
         with_defaults({"topk": "x"})
     assert str(err.value).startswith("invalid run config: Value 'x' of type 'str' could not be converted")
     assert "\n" not in str(err.value)
+
+
+def test_a_composed_model_section_builds_the_model_a_run_would():
+    from omegaconf import OmegaConf
+
+    from evalcam.config import load_configured_model
+
+    cfg = compose_run_config(["model=efficientnet_lite0", "model.target_layer=blocks.15"])
+    bundle = load_configured_model(OmegaConf.to_container(cfg.model, resolve=True))
+    assert bundle.name == "efficientnet_lite0" and bundle.target_layer == "blocks.15"
+    from evalcam.models.layers import LayerNotFoundError
+
+    with pytest.raises(LayerNotFoundError, match=r"^layer 'blocks\.99' not found in EfficientNetLite"):
+        load_configured_model({"name": "efficientnet_lite0", "target_layer": "blocks.99", "params": {}})
