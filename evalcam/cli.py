@@ -102,8 +102,11 @@ def _record_sweep_job(run_dir) -> None:
 
 
 def _layers(argv: list[str]) -> None:
-    from evalcam.models import load_model
+    from omegaconf import OmegaConf
+
+    from evalcam.config import compose_run_config, load_configured_model
     from evalcam.models.torchvision_models import ARCHITECTURES
+    from evalcam.overrides import check_overrides
 
     if any(a in {"-h", "--help"} for a in argv):
         print(LAYERS_HELP)
@@ -113,14 +116,15 @@ def _layers(argv: list[str]) -> None:
         raise ValueError(
             f"layers takes model=NAME and model.weights=PATH, not {' '.join(unknown)}; see layers --help"
         )
+    check_overrides(argv)  # an unknown model= lists the valid names in one line
     options = dict(a.split("=", 1) for a in argv if "=" in a)
     name = options.get("model", "efficientnet_lite0")
-    kwargs = {}
-    if "model.weights" in options:
-        kwargs["weights"] = options["model.weights"]
-    elif name in ARCHITECTURES:
-        kwargs["weights"] = "random"  # layer names need the architecture only, not the weights file
-    bundle = load_model(name, **kwargs)
+    weights = options.get("model.weights")
+    if weights is None and name in ARCHITECTURES:
+        weights = "random"  # layer names need the architecture only, not the weights file
+    # The model section a run composes (target layer, params of conf/model/NAME.yaml), weights aside.
+    overrides = [f"model={name}"] + ([] if weights is None else [f"++model.weights={weights}"])
+    bundle = load_configured_model(OmegaConf.to_container(compose_run_config(overrides).model, resolve=True))
     for layer, module in bundle.model.named_modules():
         if layer:
             print(f"{layer:<40} {type(module).__name__}")

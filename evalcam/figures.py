@@ -243,9 +243,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from omegaconf import OmegaConf
 
-    from evalcam.config import compose_run_config
+    from evalcam.config import compose_run_config, load_configured_model
     from evalcam.data import build_dataset
-    from evalcam.models import load_model
 
     parser = argparse.ArgumentParser(prog="python -m evalcam figure")
     parser.add_argument("kind", choices=["figure1", "grid"])
@@ -268,9 +267,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
-    bundle = load_model(args.model, device=args.device)
-    # The dataset's section of the run config: its roots, environment variables and defaults.
-    section = OmegaConf.to_container(compose_run_config([f"dataset={args.dataset}"]).dataset, resolve=True)
+    # The model and dataset sections a run composes: target layer and params of conf/model, the dataset's
+    # roots, environment variables and defaults.
+    config = compose_run_config([f"model={args.model}", f"dataset={args.dataset}"])
+    bundle = load_configured_model(OmegaConf.to_container(config.model, resolve=True), device=args.device)
+    section = OmegaConf.to_container(config.dataset, resolve=True)
     kwargs = {k: v for k, v in section.items() if k not in ("name", "limit") and v is not None}  # type: ignore[union-attr]
     out = Path(args.out or f"reports/figures/{args.kind}_{args.model}.png")
     if args.kind == "figure1":

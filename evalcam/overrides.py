@@ -60,8 +60,11 @@ def group_keys(group: str) -> tuple[str, ...]:
 
 @cache
 def top_level_keys() -> tuple[str, ...]:
+    """The structured run config's keys (evalcam.schema) and whatever ``config.yaml`` sets besides."""
+    from evalcam.schema import top_level_keys as schema_keys
+
     data = yaml.safe_load(_conf().joinpath("config.yaml").read_text()) or {}
-    return tuple(sorted({*data, *GROUPS} - {"defaults"}))
+    return tuple(sorted({*data, *schema_keys(), *GROUPS} - {"defaults"}))
 
 
 def _values(raw: str) -> list[str]:

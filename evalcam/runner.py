@@ -1,5 +1,7 @@
 """The main job: one (method, model, dataset) run, from a plain config dict to a run directory + MLflow.
 
+The config's keys, types and defaults are :class:`evalcam.schema.RunConfig`.
+
 Maps are computed once per batch and every selected metric reads them. Per-image results and metric
 states are appended batch by batch (see :mod:`evalcam.results`), so a rerun of the same command resumes.
 """
@@ -22,18 +24,19 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from evalcam import __version__
+from evalcam.config import load_configured_model
 from evalcam.data import Sample, SkippedImage, build_dataset, collate_samples
 from evalcam.devices import resolve_device
 from evalcam.figures import ExampleRow, example_grid
 from evalcam.methods import build_explainer, method_tags
 from evalcam.metrics import build_metrics
-from evalcam.metrics.base import explain_batch
-from evalcam.models import load_model
 from evalcam.naming import run_name as _named
 from evalcam.pacing import ExampleMaps, Pace, load_example_maps
+from evalcam.pipeline import RunContext, evaluate_batch
 from evalcam.proxy_heads import apply_head
 from evalcam.requirements import check_requirements, typed_overrides
 from evalcam.results import ResultStore, storage_error, write_atomic
+from evalcam.schema import RunConfig, with_defaults
 from evalcam.stats.bootstrap import run_intervals
 from evalcam.stats.seed import resolve_seeds
 from evalcam.tracking import TrackingUnavailable, check_store, flatten, log_run_dir
@@ -89,7 +92,7 @@ def run_directory(config: dict[str, Any]) -> Path:
             digest,
         )
     )
-    return Path(config.get("output_dir", "evalcam_runs")) / name
+    return Path(config.get("output_dir", RunConfig.output_dir)) / name
 
 
 def _kwargs(section: dict[str, Any], drop: tuple[str, ...] = ("name",)) -> dict[str, Any]:
@@ -129,28 +132,23 @@ def run(config: dict[str, Any]) -> RunResult:
     """Evaluate ``config["method"]`` on ``config["dataset"]`` with ``config["model"]``."""
     started = time.perf_counter()
     config = resolve_seeds(config)  # every random part draws from the one logged `seed`
+    # Direct callers may pass only what they change; a composed config is already complete and typed.
+    config = with_defaults(config)
     rank, world = distributed_rank()
-    device = resolve_device(str(config.get("device", "auto")))
+    device = resolve_device(config["device"])
     model_cfg, method_cfg = config["model"], config["method"]
-    model_params = _kwargs(model_cfg.get("params") or {})
-    if model_cfg.get("weights") is not None:  # model.weights=PATH|TAG, the documented spelling
-        model_params["weights"] = model_cfg["weights"]
-    bundle = load_model(
-        model_cfg["name"], device=device, target_layer=model_cfg.get("target_layer"), **model_params
-    )
+    bundle = load_configured_model(model_cfg, device)
     dataset = build_dataset(config["dataset"]["name"], **_kwargs(config["dataset"]))
     bundle = apply_head(model_cfg.get("head"), bundle, dataset.label_space)
     explainer = build_explainer(method_cfg["name"], bundle, **dict(method_cfg.get("params") or {}))
-    metrics = build_metrics(config.get("metrics") or {}, device)
+    metrics = build_metrics(config["metrics"] or {}, device)
     check_compatible(metrics, dataset, bundle, typed_overrides(config))
-    if config.get("mlflow", True) and rank == 0:
-        check_store(config.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI"))
-    topk = max([m.pred_topk for m in metrics] + [int(config.get("topk", 5))])
-    need_gt = any(m.needs_gt_maps for m in metrics)
+    if config["mlflow"] and rank == 0:
+        check_store(config["tracking_uri"] or os.environ.get("MLFLOW_TRACKING_URI"))
 
     run_dir = run_directory(config)
     store = ResultStore(run_dir, rank=rank)
-    if not config.get("resume", True) and store.parts():
+    if not config["resume"] and store.parts():
         raise FileExistsError(
             f"{run_dir} holds results of an earlier run; resume=true continues it, "
             f"or delete the folder to start over"
@@ -170,8 +168,8 @@ def run(config: dict[str, Any]) -> RunResult:
 
     loader = DataLoader(
         Subset(dataset, todo),
-        batch_size=int(config.get("batch_size", 16)),
-        num_workers=int(config.get("num_workers", 0)),
+        batch_size=config["batch_size"],
+        num_workers=config["num_workers"],
         collate_fn=collate_samples,
         pin_memory=device.type == "cuda",
     )
@@ -179,17 +177,18 @@ def run(config: dict[str, Any]) -> RunResult:
     pace = Pace(
         bundle,
         device,
-        int(config.get("batch_size", 16)),
+        config["batch_size"],
         len(todo),
         run_name(config),
-        slow_ratio=float(config.get("slow_ratio", 50.0)),
+        slow_ratio=config["slow_ratio"],
     )
-    examples = ExampleMaps(run_dir, int(config.get("n_examples", 8)), enabled=rank == 0)
+    examples = ExampleMaps(run_dir, config["n_examples"], enabled=rank == 0)
+    context = RunContext.build(bundle, explainer, metrics, device, config["topk"], examples)
     bar = tqdm(
         total=len(todo),
         desc=run_name(config),
         unit="image",
-        disable=not config.get("progress", True) or rank != 0,
+        disable=not config["progress"] or rank != 0,
     )
     try:
         for batch in loader:
@@ -200,11 +199,11 @@ def run(config: dict[str, Any]) -> RunResult:
                 if isinstance(s, SkippedImage)
             ]
             for part in pace.parts(samples) if samples else [[]]:
-                for metric in metrics:
-                    metric.reset()  # each part stores its own images' state; the run's state is their sum
+                # Each part stores its own images' state; the run's state is their sum.
+                context.reset_metrics()
                 if part:
-                    rows += evaluate_batch(part, bundle, explainer, metrics, topk, need_gt, device, examples)
-                store.append(rows, {m.name: m.state_dict() for m in metrics})
+                    rows += evaluate_batch(part, context)
+                store.append(rows, context.states())
                 bar.update(len(rows))
                 rows = []
     except KeyboardInterrupt:
@@ -242,39 +241,6 @@ def run(config: dict[str, Any]) -> RunResult:
     return result
 
 
-def evaluate_batch(
-    samples: list[Sample],
-    bundle,
-    explainer,
-    metrics,
-    topk: int,
-    need_gt: bool,
-    device: torch.device,
-    examples: ExampleMaps | None = None,
-) -> list[dict[str, Any]]:
-    inputs = bundle.preprocess([s.image for s in samples], device)
-    eval_batch = explain_batch(samples, inputs, bundle, explainer, topk, need_gt)
-    if examples is not None:
-        examples.add(eval_batch)
-    probs = eval_batch.logits.softmax(-1).gather(1, eval_batch.pred_classes).cpu()
-    rows = [
-        {
-            "image_id": s.image_id,
-            "status": "ok",
-            "error": None,
-            "labels": list(s.labels),
-            "pred_top5": eval_batch.pred_classes[i, :5].cpu().tolist(),
-            "pred_top5_prob": probs[i, :5].tolist(),
-            "warnings": list(s.warnings),
-        }
-        for i, s in enumerate(samples)
-    ]
-    for metric in metrics:
-        for row, record in zip(rows, metric.update(eval_batch), strict=True):
-            row.update(record)
-    return rows
-
-
 def finish(
     config, run_dir: Path, store: ResultStore, metrics, bundle, explainer, dataset, seconds: float
 ) -> RunResult:
@@ -310,8 +276,8 @@ def finish(
     family, paper = method_tags(method)
     summary = {
         "run_name": run_name(config),
-        "experiment": config.get("experiment") or f"{config['dataset']['name']}/{config['model']['name']}",
-        "tracking_uri": config.get("tracking_uri"),
+        "experiment": config["experiment"] or f"{config['dataset']['name']}/{config['model']['name']}",
+        "tracking_uri": config["tracking_uri"],
         "tags": {
             "method": method,
             "method_family": family,
@@ -334,9 +300,9 @@ def finish(
         raise storage_error(err, run_dir / "summary.json", intact) from err
 
     run_id = None
-    if config.get("mlflow", True):
+    if config["mlflow"]:
         try:
-            run_id = log_run_dir(run_dir, config.get("tracking_uri"))
+            run_id = log_run_dir(run_dir, config["tracking_uri"])
         except Exception as err:  # tracking is best effort: the results are already saved
             reason = str(err) if isinstance(err, TrackingUnavailable) else f"MLflow logging failed ({err})"
             log.error(
@@ -351,8 +317,8 @@ def finish(
 def intervals(config, metrics, table: pd.DataFrame, values: dict[str, float]) -> dict[str, float]:
     """Bootstrap ``ci_low``/``ci_high`` of every logged value (``stats.bootstrap`` resamples of the
     images, ``stats.confidence``; ``stats.bootstrap=null`` or 0 turns them off)."""
-    settings = config.get("stats") or {}
-    resamples = settings.get("bootstrap", 1000)
+    settings = config["stats"]
+    resamples = settings["bootstrap"]
     if not resamples:
         return {}
     return run_intervals(
@@ -360,8 +326,8 @@ def intervals(config, metrics, table: pd.DataFrame, values: dict[str, float]) ->
         table,
         values,
         resamples=int(resamples),
-        confidence=float(settings.get("confidence", 0.95)),
-        seed=int(settings.get("seed") or 0),
+        confidence=settings["confidence"],
+        seed=settings["seed"] or 0,
     )
 
 
@@ -371,7 +337,7 @@ def draw_examples(config, run_dir: Path, table: pd.DataFrame, bundle, explainer,
     The maps are the ones the run computed (``example_maps.pt``, :mod:`evalcam.pacing`): nothing is
     explained again. A run folder from before they were kept gets no new figure (its old one stays).
     """
-    count = int(config.get("n_examples", 8))
+    count = config["n_examples"]
     if count <= 0 or not len(table):
         return
     stored = load_example_maps(run_dir / "example_maps.pt")[:count]

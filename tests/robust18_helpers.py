@@ -12,8 +12,9 @@ from torch import nn
 from evalcam.data.types import Sample
 from evalcam.maps import upsample
 from evalcam.methods.gradcam import GradCAM
-from evalcam.metrics.base import EvalBatch, explain_batch
+from evalcam.metrics.base import EvalBatch
 from evalcam.models.bundle import ModelBundle, Preprocess
+from evalcam.pipeline import explain_batch
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

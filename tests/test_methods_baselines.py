@@ -13,9 +13,9 @@ from evalcam.data.types import Sample
 from evalcam.methods import TopK, build_explainer
 from evalcam.methods.baselines import CenterBaseline, RandomBaseline
 from evalcam.metrics import build_metrics
-from evalcam.metrics.base import explain_batch
 from evalcam.metrics.pointing import PointingGame
 from evalcam.models.layers import resolve_layer
+from evalcam.pipeline import explain_batch
 
 
 class Flat(nn.Module):

@@ -299,7 +299,7 @@ def test_mosaic_plans_are_seeded_per_image_and_use_other_labels():
 
 def test_focus_on_real_images_gradcam_prefers_the_target_tiles(lite0):
     from evalcam.methods import build_explainer
-    from evalcam.metrics.base import explain_batch
+    from evalcam.pipeline import explain_batch
 
     dataset = build_dataset(
         "imagenet_val",

@@ -13,9 +13,9 @@ from conftest import shared_subdir
 from evalcam.data import build_dataset
 from evalcam.methods import build_explainer
 from evalcam.metrics import EvalBatch, build_metrics
-from evalcam.metrics.base import explain_batch
 from evalcam.metrics.maxboxacc import resize_map
 from evalcam.metrics.pointing import EnergyPointingGame, PointingGame
+from evalcam.pipeline import explain_batch
 
 VAL = "imagenet_val_227/ILSVRC2012_VAL_SET"
 WSOL = "imagenet_meta/wsolevaluation_ILSVRC_test"

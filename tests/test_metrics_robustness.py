@@ -10,9 +10,9 @@ from torch import nn
 from evalcam.data.types import Sample
 from evalcam.methods import TopK
 from evalcam.methods.gradcam import GradCAM
-from evalcam.metrics.base import explain_batch
 from evalcam.metrics.robustness import AdversarialRobustness, _input_gradient, fgsm, pgd, random_starts
 from evalcam.models.bundle import ModelBundle, Preprocess
+from evalcam.pipeline import explain_batch
 
 MEAN = torch.full((1, 3, 1, 1), 0.5)
 STD = torch.full((1, 3, 1, 1), 0.25)

@@ -14,10 +14,10 @@ from torch import nn
 from evalcam.data.types import Sample
 from evalcam.methods.baselines import CenterBaseline
 from evalcam.methods.gradcam import GradCAM
-from evalcam.metrics.base import explain_batch
 from evalcam.metrics.sanity import CascadingRandomization, cascade_layers, rebind_explainer, reinitialize
 from evalcam.metrics.stats import spearman
 from evalcam.models.bundle import ModelBundle, Preprocess
+from evalcam.pipeline import explain_batch
 
 
 class TinyNet(nn.Module):

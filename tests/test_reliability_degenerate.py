@@ -13,8 +13,8 @@ from torch import nn
 from evalcam.data.types import Sample
 from evalcam.methods.base import Explainer, Explanation, TopK, resolve_targets
 from evalcam.metrics import METRICS, EvalBatch, build_metrics
-from evalcam.metrics.base import explain_batch
 from evalcam.models.bundle import ModelBundle, Preprocess
+from evalcam.pipeline import explain_batch
 
 SIZE = 16  # image and network input
 MAP = 4  # feature-map resolution

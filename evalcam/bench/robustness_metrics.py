@@ -23,7 +23,8 @@ import torch
 from evalcam.maps import upsample
 from evalcam.methods.gradcam import GradCAM
 from evalcam.metrics import build_metrics
-from evalcam.metrics.base import EvalBatch, explain_batch
+from evalcam.metrics.base import EvalBatch
+from evalcam.pipeline import explain_batch
 
 PHOTOS = (
     "skimage:chelsea",

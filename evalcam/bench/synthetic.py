@@ -1,5 +1,5 @@
-"""End-to-end throughput on synthetic images through the runner's batch step, and the faithfulness
-metric's occlusion throughput against Captum's ``Occlusion``."""
+"""End-to-end throughput on synthetic images through the run's batch step (:mod:`evalcam.pipeline`),
+and the faithfulness metric's occlusion throughput against Captum's ``Occlusion``."""
 
 from __future__ import annotations
 
@@ -37,16 +37,14 @@ def run_synthetic(
     size: int,
     device: torch.device,
 ) -> dict[str, Any]:
-    """N synthetic images through the runner's per-batch step (preprocess + top-5 maps + weak_loc)."""
+    """N synthetic images through the run's per-batch step (preprocess + top-5 maps + weak_loc)."""
     from evalcam.data.types import Sample
     from evalcam.methods import build_explainer
     from evalcam.metrics import build_metrics
-    from evalcam.metrics.base import explain_batch
-    from evalcam.runner import evaluate_batch
+    from evalcam.pipeline import RunContext, evaluate_batch
 
     explainer = build_explainer(method, bundle, **dict(params))
-    metrics = build_metrics({"weak_loc": {}}, device)
-    topk = max([m.pred_topk for m in metrics] + [5])
+    context = RunContext.build(bundle, explainer, build_metrics({"weak_loc": {}}, device), device, topk=5)
     # A pool of distinct images reused cyclically: generating 50k images is not what is being timed.
     pool = synthetic_images(min(count, 4 * batch_size), size, seed=1)
     gen = torch.Generator().manual_seed(2)
@@ -66,42 +64,33 @@ def run_synthetic(
         ]
 
     # Warm-up batch (cuDNN autotuning, allocator), not counted.
-    evaluate_batch(samples_for(0, min(batch_size, count)), bundle, explainer, metrics, topk, False, device)
+    evaluate_batch(samples_for(0, min(batch_size, count)), context)
     synchronize(device)
     stages = {"preprocess": 0.0, "explain": 0.0, "metric": 0.0}
     total = 0.0
     for start in range(0, count, batch_size):
         samples = samples_for(start, min(start + batch_size, count))
-        for metric in metrics:
-            metric.reset()
+        context.reset_metrics()
         synchronize(device)
         t0 = time.perf_counter()
-        inputs = bundle.preprocess([s.image for s in samples], device)
+        inputs = context.preprocess(samples)
         synchronize(device)
         t1 = time.perf_counter()
-        batch = explain_batch(samples, inputs, bundle, explainer, topk, need_gt=False)
+        batch = context.explain(samples, inputs)
         synchronize(device)
         t2 = time.perf_counter()
-        for metric in metrics:
+        for metric in context.metrics:
             metric.update(batch)
         synchronize(device)
         t3 = time.perf_counter()
         stages["preprocess"] += t1 - t0
         stages["explain"] += t2 - t1
         stages["metric"] += t3 - t2
-    # The same work through the runner's own batch function, so the figure includes its row building.
+    # The same work through the run's own batch function, so the figure includes its row building.
     synchronize(device)
     t0 = time.perf_counter()
     for start in range(0, count, batch_size):
-        evaluate_batch(
-            samples_for(start, min(start + batch_size, count)),
-            bundle,
-            explainer,
-            metrics,
-            topk,
-            False,
-            device,
-        )
+        evaluate_batch(samples_for(start, min(start + batch_size, count)), context)
     synchronize(device)
     total = time.perf_counter() - t0
     per_second = count / total
@@ -110,7 +99,7 @@ def run_synthetic(
         "images": count,
         "batch_size": batch_size,
         "image_size": size,
-        "topk": topk,
+        "topk": context.topk,
         "seconds": total,
         "images_per_s": per_second,
         "stage_seconds": stages,
@@ -133,7 +122,7 @@ def time_faithfulness(
     from evalcam.data.types import Sample
     from evalcam.methods import build_explainer
     from evalcam.metrics import build_metrics
-    from evalcam.metrics.base import explain_batch
+    from evalcam.pipeline import explain_batch
 
     metric = build_metrics({"faithfulness": {"incremental": True}}, device)[0]
     explainer = build_explainer("gradcam", bundle)

@@ -10,21 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.distributed as dist
 
-from evalcam.data.types import Sample
-from evalcam.methods.base import Explainer
-from evalcam.models.bundle import ModelBundle
 from evalcam.requirements import Needs
 from evalcam.stats.aggregation import Aggregation, Mean
+
+if TYPE_CHECKING:  # field types only: the batch step itself lives in evalcam.pipeline
+    from evalcam.data.types import Sample
+    from evalcam.methods.base import Explainer
+    from evalcam.models.bundle import ModelBundle
 
 
 @dataclass
 class EvalBatch:
-    """Everything a metric may look at for one batch; maps are computed once by the runner."""
+    """Everything a metric may look at for one batch; maps are computed once (:mod:`evalcam.pipeline`)."""
 
     samples: list[Sample]
     inputs: torch.Tensor  # preprocessed network inputs [B, 3, H, W]
@@ -56,39 +58,6 @@ class EvalBatch:
             gt_classes=cut(self.gt_classes),
             gt_maps=cut(self.gt_maps),
         )
-
-
-def explain_batch(
-    samples: list[Sample],
-    inputs: torch.Tensor,
-    bundle: ModelBundle,
-    explainer: Explainer,
-    topk: int,
-    need_gt: bool,
-) -> EvalBatch:
-    """Maps of the top-``topk`` predicted classes and, when asked, of every ground-truth class: what every
-    metric reads, computed once per batch."""
-    from evalcam.methods.base import TopK
-
-    pred = explainer.explain(inputs, TopK(topk))
-    gt_classes = gt_maps = None
-    if need_gt:
-        width = max(len(s.labels) for s in samples)
-        rows = [s.labels + [-1] * (width - len(s.labels)) for s in samples]
-        gt_classes = torch.tensor(rows, dtype=torch.long, device=inputs.device)
-        # Padding (-1) is explained as class 0 and ignored by the metrics through gt_classes.
-        gt_maps = explainer.explain(inputs, gt_classes.clamp_min(0)).maps
-    return EvalBatch(
-        samples=samples,
-        inputs=inputs,
-        logits=pred.logits,
-        pred_classes=pred.classes,
-        pred_maps=pred.maps,
-        explainer=explainer,
-        bundle=bundle,
-        gt_classes=gt_classes,
-        gt_maps=gt_maps,
-    )
 
 
 class Metric:
