@@ -23,11 +23,11 @@ import yaml
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+import evalcam
 from evalcam import __version__
 from evalcam.config import load_configured_model
 from evalcam.data import Sample, SkippedImage, build_dataset, collate_samples
 from evalcam.devices import resolve_device
-from evalcam.figures import ExampleRow, example_grid
 from evalcam.methods import build_explainer, method_tags
 from evalcam.metrics import build_metrics
 from evalcam.naming import run_name as _named
@@ -42,6 +42,9 @@ from evalcam.stats.seed import resolve_seeds
 from evalcam.tracking import TrackingUnavailable, check_store, flatten, log_run_dir
 
 log = logging.getLogger(__name__)
+
+# Start of the time run/wall_seconds counts: evalcam's import for the first run, then each run's end.
+_last_run_end = getattr(evalcam, "IMPORTED_AT", time.perf_counter())
 
 # Settings that change numbers; batch size, device and workers must not (tested), so they stay out.
 RESULT_KEYS = ("method", "model", "dataset", "metrics")
@@ -112,10 +115,10 @@ def check_compatible(metrics, dataset, bundle, overrides: list[str] | None = Non
             )
 
 
-def previous_seconds(run_dir: Path, default: float) -> float:
-    """``run/seconds`` of the summary a finished run left in ``run_dir``, else ``default``."""
+def previous_seconds(run_dir: Path, default: float | None, key: str = "run/seconds") -> float | None:
+    """``key`` of the summary a finished run left in ``run_dir``, else ``default``."""
     try:
-        return float(json.loads((run_dir / "summary.json").read_text())["metrics"]["run/seconds"])
+        return float(json.loads((run_dir / "summary.json").read_text())["metrics"][key])
     except (OSError, ValueError, KeyError, TypeError):
         return default
 
@@ -231,18 +234,28 @@ def run(config: dict[str, Any]) -> RunResult:
             metric.reset()
         else:
             metric.load_state_dict(states[metric.name])
-    seconds = time.perf_counter() - started
+    seconds: float = time.perf_counter() - started
+    kept_wall = None
     if not pending:
-        # Nothing was evaluated: a rerun of a finished run keeps the time the run took, not the rerun's.
-        seconds = previous_seconds(run_dir, seconds)
-    result = finish(config, run_dir, store, metrics, bundle, explainer, dataset, seconds)
+        # Nothing was evaluated: a rerun of a finished run keeps the times the run took, not the rerun's.
+        seconds = previous_seconds(run_dir, seconds) or seconds
+        kept_wall = previous_seconds(run_dir, None, "run/wall_seconds")
+    result = finish(config, run_dir, store, metrics, bundle, explainer, dataset, seconds, kept_wall)
     if world > 1:
         dist.destroy_process_group()
     return result
 
 
 def finish(
-    config, run_dir: Path, store: ResultStore, metrics, bundle, explainer, dataset, seconds: float
+    config,
+    run_dir: Path,
+    store: ResultStore,
+    metrics,
+    bundle,
+    explainer,
+    dataset,
+    seconds: float,
+    kept_wall: float | None = None,
 ) -> RunResult:
     table = store.table()
     skipped = table[table["status"] == "skipped"] if len(table) else table
@@ -303,6 +316,7 @@ def finish(
     if config["mlflow"]:
         try:
             run_id = log_run_dir(run_dir, config["tracking_uri"])
+            values["run/wall_seconds"] = wall_seconds(run_dir, run_id, config["tracking_uri"], kept_wall)
         except Exception as err:  # tracking is best effort: the results are already saved
             reason = str(err) if isinstance(err, TrackingUnavailable) else f"MLflow logging failed ({err})"
             log.error(
@@ -311,7 +325,31 @@ def finish(
                 run_dir,
                 run_dir,
             )
+    if "run/wall_seconds" not in values:
+        values["run/wall_seconds"] = wall_seconds(run_dir, None, None, kept_wall)
     return RunResult(run_dir=run_dir, metrics=values, mlflow_run_id=run_id)
+
+
+def wall_seconds(run_dir: Path, run_id: str | None, tracking_uri: str | None, kept: float | None) -> float:
+    """``run/wall_seconds``: everything the run cost, imports and MLflow logging included (``run/seconds``
+    times the batch loop and the tables only). Counted from evalcam's import for the first run of a process
+    and from the previous run's end for the next ones, so a sweep shows that it pays the imports once. A
+    rerun of a finished run keeps (``kept``) the figure of the run that did the work. Added to summary.json,
+    and to the MLflow run once it is logged (the logging is part of what it measures)."""
+    global _last_run_end
+    now = time.perf_counter()
+    seconds, _last_run_end = now - _last_run_end, now
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text())
+    if kept is not None:
+        seconds = kept
+    summary["metrics"]["run/wall_seconds"] = seconds
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    if run_id is not None:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri).log_metric(run_id, "run/wall_seconds", seconds)
+    return seconds
 
 
 def intervals(config, metrics, table: pd.DataFrame, values: dict[str, float]) -> dict[str, float]:
@@ -332,6 +370,9 @@ def intervals(config, metrics, table: pd.DataFrame, values: dict[str, float]) ->
 
 
 def draw_examples(config, run_dir: Path, table: pd.DataFrame, bundle, explainer, dataset) -> None:
+    # matplotlib is imported here, not with the runner: a run with n_examples=0 never pays for it.
+    from evalcam import figures
+
     """Figure of the first few images: image | top-1 map | predicted vs ground-truth boxes.
 
     The maps are the ones the run computed (``example_maps.pt``, :mod:`evalcam.pacing`): nothing is
@@ -359,7 +400,7 @@ def draw_examples(config, run_dir: Path, table: pd.DataFrame, bundle, explainer,
         name = bundle.categories[cls] if cls < len(bundle.categories) else str(cls)
         gt = [b.tolist() for c in sample.labels for b in sample.boxes.get(c, [])]
         rows.append(
-            ExampleRow(
+            figures.ExampleRow(
                 image=sample.image,
                 cam=entry["map"],
                 title=f"{sample.image_id}: {name}",
@@ -368,4 +409,4 @@ def draw_examples(config, run_dir: Path, table: pd.DataFrame, bundle, explainer,
             )
         )
     if rows:
-        example_grid(rows, run_dir / "examples.png", suptitle=run_name(config))
+        figures.example_grid(rows, run_dir / "examples.png", suptitle=run_name(config))
