@@ -7,7 +7,7 @@ wrong numbers:
 
 - VOC or COCO labels scored on an ImageNet head: the pointing game then explains ImageNet class 11 for
   VOC class 11 (dog). The fix is a model trained on those labels, or ``model.head=proxy``
-  (:mod:`evalcam.proxy_heads`: each VOC/COCO class scored by the mean logit of its ImageNet synsets);
+  (:mod:`evalcam.models.proxy_heads`: each VOC/COCO class scored by the mean logit of its ImageNet synsets);
 - a box metric on a dataset without boxes (ILSVRC val read from its image list, without
   ``dataset.annotations=``): every image was a localization miss (``top1_loc_error 1.0``).
 """
@@ -59,7 +59,7 @@ def model_label_space(categories: Sequence[str]) -> str | None:
     """``imagenet``, ``voc``, ``coco`` or None (unknown) for a model's class names."""
     from evalcam.data.imagenet_classes import imagenet_categories
     from evalcam.data.voc import VOC_CLASSES
-    from evalcam.proxy_heads import LABEL_SPACES
+    from evalcam.models.proxy_heads import LABEL_SPACES
 
     names = _normalized(categories)
     if names == _normalized(VOC_CLASSES):
@@ -132,7 +132,7 @@ def check_requirements(metrics: Sequence[Any], dataset: Any, bundle: Any, overri
         if space == "imagenet" and data_space in ("voc", "coco"):
             fix = (
                 f"for ImageNet weights add model.head=proxy, which scores each {data_space.upper()} class by "
-                f"the mean logit of its ImageNet synsets (evalcam/proxy_heads.py): {proxy_command(overrides)}"
+                f"the mean logit of its ImageNet synsets (evalcam/models/proxy_heads.py): {proxy_command(overrides)}"
                 if getattr(bundle, "classifier", None)
                 else f"{bundle.name} has no GAP+FC classifier for model.head=proxy; pass weights trained on "
                 f"{data_space.upper()} (model.weights=PATH)"

@@ -31,7 +31,7 @@ from evalcam.metrics.base import explain_batch
 from evalcam.models import load_model
 from evalcam.naming import run_name as _named
 from evalcam.pacing import ExampleMaps, Pace, load_example_maps
-from evalcam.proxy_heads import apply_head
+from evalcam.models.proxy_heads import apply_head
 from evalcam.requirements import check_requirements, typed_overrides
 from evalcam.results import ResultStore, storage_error, write_atomic
 from evalcam.stats.bootstrap import run_intervals

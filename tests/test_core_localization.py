@@ -9,7 +9,7 @@ import torch
 from evalcam.data.types import Sample
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.boxes import box_iou, largest_component_box
-from evalcam.metrics.localization import WeakLocalization, map_to_box
+from evalcam.metrics.weak_loc import WeakLocalization, map_to_box
 
 
 def test_largest_component_box_picks_the_biggest_segment():

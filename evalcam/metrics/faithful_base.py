@@ -18,7 +18,7 @@ import torch
 from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.imputation import require_eval
-from evalcam.metrics.perturb import model_of
+from evalcam.metrics.perturbed_scores import model_of
 from evalcam.metrics.stats import flat_maps
 
 

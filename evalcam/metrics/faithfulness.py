@@ -38,7 +38,7 @@ import torch
 from evalcam.maps import upsample
 from evalcam.methods.occlusion import occluded_outputs, occlusion_boxes, spread_drops, use_incremental
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
-from evalcam.metrics.perturb import class_scores, fill_value, model_of, normalization
+from evalcam.metrics.perturbed_scores import class_scores, fill_value, model_of, normalization
 from evalcam.metrics.stats import flat_maps, spearman
 from evalcam.models.incremental import Box
 

@@ -12,7 +12,7 @@ was replaced. Here that is expressed once:
   ROAD's noisy linear imputation (:mod:`evalcam.metrics.road`);
 * :func:`group_scores` scores ``K`` perturbed copies of each image (cumulative ``group < k`` or a single
   group ``group == k``) with the steps of all images of a batch in one stream of chunked forwards under
-  ``torch.no_grad`` (:func:`evalcam.metrics.perturb.scores_of_items`), so memory stays bounded by
+  ``torch.no_grad`` (:func:`evalcam.metrics.perturbed_scores.scores_of_items`), so memory stays bounded by
   ``chunk_size`` copies whatever the number of steps.
 
 Random baselines draw from a generator seeded by ``(seed, image key, copy index)``, so a copy's noise does
@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from evalcam.metrics.base import EvalBatch
-from evalcam.metrics.causal import blur
+from evalcam.metrics.deletion_insertion import blur
 from evalcam.metrics.local_steps import stepped_scores
-from evalcam.metrics.perturb import fill_value, normalization, scores_of_items
+from evalcam.metrics.perturbed_scores import fill_value, normalization, scores_of_items
 
 #: baselines a config may name (a number in [0, 1] is a grey level)
 BASELINES = ("mean", "zero", "black", "image_mean", "blur", "uniform")

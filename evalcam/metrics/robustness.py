@@ -13,7 +13,7 @@ For each image, with ``c`` its top-1 predicted class on the clean input:
 3. the map of the ORIGINAL class ``c`` is recomputed on the adversarial input (``batch.explainer``) and,
    for images whose ``c`` is a ground-truth class, checked as on clean inputs: weak localization (box of
    the largest segment at ``threshold`` = 15% of the max, IoU >= ``iou`` with a GT box of ``c``; helpers of
-   :mod:`evalcam.metrics.localization`) and the pointing game (argmax within ``tolerance`` px of ``c``'s
+   :mod:`evalcam.metrics.weak_loc`) and the pointing game (argmax within ``tolerance`` px of ``c``'s
    region, :mod:`evalcam.metrics.regions`). Rates are reported over all such images and over those where
    the attack succeeded (``_fooled``);
 4. **similarity** of the clean and adversarial maps at map resolution: Spearman and Pearson correlation.
@@ -47,8 +47,8 @@ import torch.nn.functional as F
 
 from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
-from evalcam.metrics.localization import best_iou, map_to_box
-from evalcam.metrics.perturb import model_of, normalization
+from evalcam.metrics.weak_loc import best_iou, map_to_box
+from evalcam.metrics.perturbed_scores import model_of, normalization
 from evalcam.metrics.pointing import is_flat
 from evalcam.metrics.regions import argmax_point, has_region, pointing_hit
 from evalcam.metrics.stats import pearson, spearman

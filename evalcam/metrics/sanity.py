@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
-from evalcam.metrics.perturb import model_of
+from evalcam.metrics.perturbed_scores import model_of
 from evalcam.metrics.stats import spearman
 from evalcam.models.layers import resolve_layer
 from evalcam.stats.aggregation import Aggregation, Mean

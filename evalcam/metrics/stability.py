@@ -26,7 +26,7 @@ import torch
 
 from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
-from evalcam.metrics.perturb import normalization
+from evalcam.metrics.perturbed_scores import normalization
 from evalcam.metrics.reexplain import NOISES, copy_noise, reexplain, require_eval
 from evalcam.metrics.stats import flat_maps
 

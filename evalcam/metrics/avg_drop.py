@@ -37,7 +37,7 @@ import torch
 
 from evalcam.maps import normalize, upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
-from evalcam.metrics.perturb import model_of, normalization, scores_of_items
+from evalcam.metrics.perturbed_scores import model_of, normalization, scores_of_items
 from evalcam.metrics.stats import flat_maps
 from evalcam.stats.aggregation import Aggregation, Mean
 

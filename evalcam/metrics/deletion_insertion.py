@@ -42,7 +42,7 @@ from evalcam.maps import upsample
 from evalcam.methods.occlusion import use_incremental
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.local_steps import stepped_scores
-from evalcam.metrics.perturb import class_scores, fill_value, model_of, normalization
+from evalcam.metrics.perturbed_scores import class_scores, fill_value, model_of, normalization
 from evalcam.metrics.stats import flat_maps
 
 
