@@ -296,8 +296,8 @@ def _proxy_note(rows: Iterable[Row]) -> list[str]:
         missing = unmapped_classes(space)
         text = (
             f"`+{space}_proxy`: the ImageNet classifier's logits averaged into {space.upper()} classes "
-            f"(evalcam/models/proxy_heads.py), not a network fine-tuned on {space.upper()}; person is read from "
-            "ImageNet's ballplayer/groom/scuba diver synsets."
+            f"(evalcam/models/proxy_heads.py), not a network fine-tuned on {space.upper()}; "
+            "person is read from ImageNet's ballplayer/groom/scuba diver synsets."
         )
         if missing:
             text += (

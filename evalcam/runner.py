@@ -29,9 +29,9 @@ from evalcam.methods import build_explainer, method_tags
 from evalcam.metrics import build_metrics
 from evalcam.metrics.base import explain_batch
 from evalcam.models import load_model
+from evalcam.models.proxy_heads import apply_head
 from evalcam.naming import run_name as _named
 from evalcam.pacing import ExampleMaps, Pace, load_example_maps
-from evalcam.models.proxy_heads import apply_head
 from evalcam.requirements import check_requirements, typed_overrides
 from evalcam.results import ResultStore, storage_error, write_atomic
 from evalcam.stats.bootstrap import run_intervals

@@ -43,9 +43,9 @@ from evalcam.methods.gradcam import (
 from evalcam.methods.gradients import Backprop, GuidedBackprop, GuidedGradCAM, guided_relus
 from evalcam.methods.lrp import LRP
 from evalcam.methods.occlusion import Occlusion
-from evalcam.methods.score_ablation import AblationCAM, ScoreCAM
 from evalcam.methods.record import MethodRecord
 from evalcam.methods.rise import RISE
+from evalcam.methods.score_ablation import AblationCAM, ScoreCAM
 from evalcam.models.bundle import ModelBundle
 
 # The built-in methods. Family and paper become MLflow tags; cost and peers drive the benchmark.

@@ -27,8 +27,8 @@ from evalcam.methods.base import (
     resolve_targets,
 )
 from evalcam.methods.cam import LinearHeadProbe
-from evalcam.models.graph_tail import GraphTail, PreparedTail
 from evalcam.methods.hooks import forward_hooks
+from evalcam.models.graph_tail import GraphTail, PreparedTail
 from evalcam.models.layers import resolve_layer
 
 

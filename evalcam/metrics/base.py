@@ -1,9 +1,9 @@
 """Metric API: stateful accumulators in the torchmetrics pattern.
 
 Every state is a tensor on the metric's device that is reduced by summation, so states from several
-processes (or from the batches of an interrupted run) merge exactly: :meth:`Metric.merge` adds them and
-:meth:`Metric.sync` all-reduces them over ``torch.distributed``. ``update`` returns per-image records
-that the runner appends to the run's Parquet table.
+processes (or from the batches of an interrupted run) merge exactly: :meth:`Metric.merge` adds them (the
+runner sums the states of a run's Parquet parts this way). ``update`` returns per-image records that the
+runner appends to the run's Parquet table.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
-import torch.distributed as dist
 
 from evalcam.data.types import Sample
 from evalcam.methods.base import Explainer
@@ -141,15 +140,6 @@ class Metric:
         state = other.state_dict() if isinstance(other, Metric) else other
         for name in self._defaults:
             setattr(self, name, getattr(self, name) + state[name].to(self.device))
-
-    def sync(self) -> None:
-        """Sum states across all processes of the default process group (no-op when not distributed)."""
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        for name in self._defaults:
-            tensor = getattr(self, name).clone()
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-            setattr(self, name, tensor)
 
 
 def safe_ratio(num: torch.Tensor, den: torch.Tensor) -> float:

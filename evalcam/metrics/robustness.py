@@ -47,11 +47,11 @@ import torch.nn.functional as F
 
 from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
-from evalcam.metrics.weak_loc import best_iou, map_to_box
 from evalcam.metrics.perturbed_scores import model_of, normalization
 from evalcam.metrics.pointing import is_flat
 from evalcam.metrics.regions import argmax_point, has_region, pointing_hit
 from evalcam.metrics.stats import pearson, spearman
+from evalcam.metrics.weak_loc import best_iou, map_to_box
 from evalcam.requirements import Needs
 from evalcam.stats.aggregation import Aggregation, Mean
 
