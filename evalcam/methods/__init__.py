@@ -194,7 +194,17 @@ def method_tags(name: str) -> tuple[str, str]:
 
 def build_explainer(name: str, bundle: ModelBundle, **params: Any) -> Explainer:
     """Instantiate method ``name`` on ``bundle``'s model, its default target layer and, for methods that
-    read the linear head (CAM, Ablation-CAM), its ``classifier``."""
+    read the linear head (CAM, Ablation-CAM), its ``classifier``.
+
+    The explainer keeps ``(name, params)`` as :attr:`Explainer.recipe`, so the randomization metrics
+    (:mod:`evalcam.metrics.sanity`, :mod:`evalcam.metrics.randomization`) rebuild the same method on a
+    randomized copy of the model instead of patching references into the original one."""
+    explainer = _instantiate(name, bundle, dict(params))
+    explainer.recipe = (name, dict(params))
+    return explainer
+
+
+def _instantiate(name: str, bundle: ModelBundle, params: dict[str, Any]) -> Explainer:
     if name.startswith("pgc/"):
         from evalcam.methods.external import PytorchGradCAM
 
