@@ -8,7 +8,7 @@ runner appends to the run's Parquet table.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -126,7 +126,15 @@ class Metric:
         """How each logged key is re-estimated from the per-image records (bootstrap intervals, paired
         tests, rankings; see :mod:`evalcam.stats.aggregation`). Default: the mean over images of the
         column ``<name>.<key>`` for every key with a direction; override for other aggregations."""
-        return {k: Mean(f"{self.name}.{k}") for k in keys if k in self.higher_is_better}
+        return {k: Mean(self.column(k)) for k in keys if k in self.higher_is_better}
+
+    def record(self, values: Mapping[str, Any] | None = None, /, **more: Any) -> dict[str, Any]:
+        """One image's record: every value keyed ``<name>.<key>``, the column the statistics resample."""
+        return {self.column(key): value for key, value in {**(values or {}), **more}.items()}
+
+    def column(self, key: str) -> str:
+        """The per-image column of ``key``: ``<name>.<key>``."""
+        return f"{self.name}.{key}"
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name).detach().cpu().clone() for name in self._defaults}

@@ -111,11 +111,11 @@ class EfficientMPRT(Metric):
         records = []
         for i in range(len(batch.samples)):
             records.append(
-                {
-                    f"{self.name}.score": float(score[i]),
-                    f"{self.name}.entropy_original": float(h_orig[i]),
-                    f"{self.name}.entropy_randomized": float(h_rand[i]),
-                }
+                self.record(
+                    score=float(score[i]),
+                    entropy_original=float(h_orig[i]),
+                    entropy_randomized=float(h_rand[i]),
+                )
                 if bool(measured[i])
                 else {}
             )

@@ -189,11 +189,7 @@ class OcclusionFaithfulness(Metric):
         self.images = self.images + len(rho)
         self.degenerate = self.degenerate + (~valid).sum().to(self.device)
         return [
-            {
-                "faithfulness.spearman": float(r),
-                "faithfulness.class": int(c),
-                "faithfulness.degenerate": not bool(v),
-            }
+            self.record({"spearman": float(r), "class": int(c), "degenerate": not bool(v)})
             for r, c, v in zip(rho.tolist(), classes.tolist(), valid.tolist(), strict=True)
         ]
 

@@ -109,11 +109,11 @@ class _MaskMetric(Metric):
             scored = dict(zip(classes, values.tolist(), strict=True))
             per_class = [scored.get(c) for _, c in pairs]
             records.append(
-                {
-                    f"{self.name}.{self.key}": float(values.mean()) if cols else None,
-                    f"{self.name}.classes": [c for _, c in pairs],
-                    f"{self.name}.per_class": per_class,
-                }
+                self.record(
+                    {self.key: float(values.mean()) if cols else None},
+                    classes=[c for _, c in pairs],
+                    per_class=per_class,
+                )
             )
         return records
 

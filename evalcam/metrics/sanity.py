@@ -185,7 +185,7 @@ class CascadingRandomization(Metric):
         self.degenerate = self.degenerate + degenerate.to(self.device)
         self.name_codes = self.name_codes + encode_names(names).to(self.device)
         self.batches = self.batches + 1
-        return [{"sanity.spearman": values, "sanity.layers": list(names)} for values in per_image]
+        return [self.record(spearman=values, layers=list(names)) for values in per_image]
 
     def layer_names(self) -> list[str] | None:
         """Names of the cascade steps, read back from the state (None if batches disagreed)."""
@@ -202,9 +202,9 @@ class CascadingRandomization(Metric):
         out: dict[str, Aggregation] = {}
         for key in keys:
             if key == "final_spearman":
-                out[key] = Mean("sanity.spearman", item=-1)
+                out[key] = Mean(self.column("spearman"), item=-1)
             elif key.startswith("step_") and key[5:7].isdigit():
-                out[key] = Mean("sanity.spearman", item=int(key[5:7]) - 1)
+                out[key] = Mean(self.column("spearman"), item=int(key[5:7]) - 1)
         return out
 
     def compute(self) -> dict[str, float]:

@@ -155,12 +155,12 @@ class SmoothMPRT(Metric):
         self.mean_sum = self.mean_sum + sum(sum(v) / len(v) for v in per_image)
         self.images = self.images + len(per_image)
         return [
-            {
-                f"{self.name}.spearman": values,
-                f"{self.name}.layers": list(names),
-                f"{self.name}.final_spearman": values[-1],
-                f"{self.name}.mean_spearman": sum(values) / len(values),
-            }
+            self.record(
+                spearman=values,
+                layers=list(names),
+                final_spearman=values[-1],
+                mean_spearman=sum(values) / len(values),
+            )
             for values in per_image
         ]
 
