@@ -62,6 +62,14 @@ def image_keys(batch: EvalBatch) -> list[str]:
     return [str(sample.image_id) for sample in batch.samples]
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 class Baseline:
     """Replacement values ``[n, C, H, W]`` (network input space) for perturbed copies of a batch.
 
@@ -77,6 +85,10 @@ class Baseline:
         blur_sigma: float = 5.0,
         per_copy: bool = False,
     ) -> None:
+        if isinstance(kind, str) and kind not in BASELINES and not _is_number(kind):
+            raise ValueError(
+                f"unknown baseline {kind!r}; use one of {', '.join(BASELINES)} or a grey level in [0, 1]"
+            )
         inputs = batch.inputs
         self.kind, self.inputs = kind, inputs
         self.mean, self.std = normalization(batch)
