@@ -19,7 +19,7 @@ same network function evaluated on the same inputs, equal to a plain forward up 
 different kernel tilings.
 
 Its sibling :mod:`evalcam.models.graph_tail` re-runs, for an edit of one *layer's output*, only the graph
-nodes after that layer (Ablation-CAM, Score-CAM).
+nodes after that layer (Ablation-CAM).
 """
 
 from __future__ import annotations
