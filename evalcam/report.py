@@ -289,15 +289,15 @@ def orderings(report: Report, profile: str) -> list[str]:
 
 
 def _proxy_note(rows: Iterable[Row]) -> list[str]:
-    from evalcam.proxy_heads import unmapped_classes
+    from evalcam.models.proxy_heads import unmapped_classes
 
     notes = []
     for space in sorted({r.model.rsplit("+", 1)[1].split("_")[0] for r in rows if "_proxy" in r.model}):
         missing = unmapped_classes(space)
         text = (
             f"`+{space}_proxy`: the ImageNet classifier's logits averaged into {space.upper()} classes "
-            f"(evalcam/proxy_heads.py), not a network fine-tuned on {space.upper()}; person is read from "
-            "ImageNet's ballplayer/groom/scuba diver synsets."
+            f"(evalcam/models/proxy_heads.py), not a network fine-tuned on {space.upper()}; "
+            "person is read from ImageNet's ballplayer/groom/scuba diver synsets."
         )
         if missing:
             text += (

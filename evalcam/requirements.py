@@ -7,7 +7,7 @@ wrong numbers:
 
 - VOC or COCO labels scored on an ImageNet head: the pointing game then explains ImageNet class 11 for
   VOC class 11 (dog). The fix is a model trained on those labels, or ``model.head=proxy``
-  (:mod:`evalcam.proxy_heads`: each VOC/COCO class scored by the mean logit of its ImageNet synsets);
+  (:mod:`evalcam.models.proxy_heads`: each VOC/COCO class scored by the mean logit of its ImageNet synsets);
 - a box metric on a dataset without boxes (ILSVRC val read from its image list, without
   ``dataset.annotations=``): every image was a localization miss (``top1_loc_error 1.0``).
 """
@@ -40,14 +40,12 @@ class Needs:
 
 
 def metric_needs(metric: Any) -> Needs:
-    """The metric's declared :class:`Needs`; a metric written before the attribute existed needs nothing
-    but what its older flags say (``needs_masks``)."""
+    """The metric's declared :class:`Needs` (an instance may narrow its class's, e.g. masks unless boxes
+    stand in for them), with the labels that explaining ground-truth classes implies."""
     needs = getattr(metric, "needs", None) or Needs()
     if getattr(metric, "needs_gt_maps", False) and not needs.labels:
         # Explaining a ground-truth class is only meaningful when it indexes the model's outputs.
         needs = Needs(True, needs.boxes, needs.masks, needs.regions, needs.multi_label)
-    if getattr(metric, "needs_masks", False) and not needs.masks:
-        needs = Needs(needs.labels, needs.boxes, True, needs.regions, needs.multi_label)
     return needs
 
 
@@ -59,7 +57,7 @@ def model_label_space(categories: Sequence[str]) -> str | None:
     """``imagenet``, ``voc``, ``coco`` or None (unknown) for a model's class names."""
     from evalcam.data.imagenet_classes import imagenet_categories
     from evalcam.data.voc import VOC_CLASSES
-    from evalcam.proxy_heads import LABEL_SPACES
+    from evalcam.models.proxy_heads import LABEL_SPACES
 
     names = _normalized(categories)
     if names == _normalized(VOC_CLASSES):
@@ -132,7 +130,8 @@ def check_requirements(metrics: Sequence[Any], dataset: Any, bundle: Any, overri
         if space == "imagenet" and data_space in ("voc", "coco"):
             fix = (
                 f"for ImageNet weights add model.head=proxy, which scores each {data_space.upper()} class by "
-                f"the mean logit of its ImageNet synsets (evalcam/proxy_heads.py): {proxy_command(overrides)}"
+                f"the mean logit of its ImageNet synsets (evalcam/models/proxy_heads.py): "
+                f"{proxy_command(overrides)}"
                 if getattr(bundle, "classifier", None)
                 else f"{bundle.name} has no GAP+FC classifier for model.head=proxy; pass weights trained on "
                 f"{data_space.upper()} (model.weights=PATH)"

@@ -30,10 +30,10 @@ from evalcam.data import Sample, SkippedImage, build_dataset, collate_samples
 from evalcam.devices import resolve_device
 from evalcam.methods import build_explainer, method_tags
 from evalcam.metrics import build_metrics
+from evalcam.models.proxy_heads import apply_head
 from evalcam.naming import run_name as _named
 from evalcam.pacing import ExampleMaps, Pace, load_example_maps
 from evalcam.pipeline import RunContext, evaluate_batch
-from evalcam.proxy_heads import apply_head
 from evalcam.requirements import check_requirements, typed_overrides
 from evalcam.results import ResultStore, storage_error, write_atomic
 from evalcam.schema import RunConfig, with_defaults

@@ -31,7 +31,7 @@ class StatsConfig:
 class RunConfig:
     method: Any = None
     #: ``model.head``: null is the model's own classifier; ``proxy`` reads an ImageNet head in the
-    #: dataset's VOC/COCO classes (evalcam.proxy_heads)
+    #: dataset's VOC/COCO classes (evalcam.models.proxy_heads)
     model: Any = field(default_factory=lambda: {"head": None})
     dataset: Any = None
     metrics: Any = None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from evalcam.data.types import Sample
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.boxes import box_iou, largest_component_box
-from evalcam.metrics.localization import WeakLocalization, map_to_box
+from evalcam.metrics.weak_loc import WeakLocalization, map_to_box
 
 
 def test_largest_component_box_picks_the_biggest_segment():
@@ -152,3 +153,37 @@ def test_merged_halves_equal_one_accumulator():
     assert first.compute() == whole.compute()
     first.reset()
     assert first.compute()["images"] == 0.0
+
+
+def test_topk_keys_are_named_after_k():
+    """With topk=3 the top-k errors and per-image columns read top3_*, never top5_*; each logged error is
+    re-estimated from its own column to the value compute() gave."""
+    samples = [
+        _sample("a", 1, [2, 2, 9, 9]),
+        _sample("c", 3, [10, 10, 19, 19]),
+        _sample("d", 4, [0, 0, 5, 5]),
+    ]
+    maps = torch.zeros(3, 3, 20, 20)
+    maps[0, 0] = _blob(2, 2, 9, 9)
+    maps[1, 2] = _blob(10, 10, 19, 19)  # class 3 at rank 3: a top-3 localization
+    maps[2, :] = _blob(0, 0, 5, 5)
+    metric = WeakLocalization(topk=3)
+    records = metric.update(_batch(samples, [[1, 5, 6], [5, 6, 3], [5, 6, 7]], maps))
+    out = metric.compute()
+    assert out["top3_loc_error"] == pytest.approx(1 / 3) and out["top3_cls_error"] == pytest.approx(1 / 3)
+    assert out["top1_loc_error"] == pytest.approx(2 / 3)
+    assert not any(k.startswith("top5") for k in out) and set(metric.higher_is_better) < set(out)
+    assert [r["weak_loc.top3_loc_ok"] for r in records] == [True, True, False]
+    assert not any("top5" in k for r in records for k in r)
+    table = pd.DataFrame(records)
+    aggregations = metric.aggregations(out)
+    assert set(aggregations) == set(metric.higher_is_better)
+    for key, aggregation in aggregations.items():
+        sums = aggregation.contributions(table).sum(0)
+        assert float(aggregation.value(sums)) == pytest.approx(out[key]), key
+    assert set(WeakLocalization().higher_is_better) == {
+        "top1_loc_error",
+        "top5_loc_error",
+        "top1_cls_error",
+        "top5_cls_error",
+    }

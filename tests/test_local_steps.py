@@ -122,7 +122,7 @@ def test_a_bad_incremental_setting_is_refused_at_construction():
 def _rise_curve(model: nn.Module, batch: EvalBatch, mode: str, step: int, substrate: torch.Tensor):
     """The game as one full forward per point (the protocol of RISE's CausalMetric, all n + 1 points)."""
     from evalcam.maps import upsample
-    from evalcam.metrics.causal import saliency_rank
+    from evalcam.metrics.deletion_insertion import saliency_rank
 
     inputs = batch.inputs
     size = tuple(inputs.shape[-2:])
@@ -140,7 +140,7 @@ def _rise_curve(model: nn.Module, batch: EvalBatch, mode: str, step: int, substr
 
 @pytest.mark.parametrize("mode", ["deletion", "insertion"])
 def test_deletion_and_insertion_equal_a_full_forward_per_point_with_incremental_steps(mode):
-    from evalcam.metrics.causal import Deletion, Insertion, blur
+    from evalcam.metrics.deletion_insertion import Deletion, Insertion, blur
 
     batch = _batch()
     metric = (Deletion if mode == "deletion" else Insertion)(step=24, chunk_size=5)
@@ -153,7 +153,7 @@ def test_deletion_and_insertion_equal_a_full_forward_per_point_with_incremental_
 
 
 def test_deletion_and_insertion_share_the_clean_and_fully_replaced_points():
-    from evalcam.metrics.causal import Deletion, Insertion
+    from evalcam.metrics.deletion_insertion import Deletion, Insertion
 
     batch = _batch(images=3)
     counted = []

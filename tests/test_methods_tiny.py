@@ -19,9 +19,9 @@ from evalcam.methods.cam import CAM
 from evalcam.methods.gradcam import GradCAMPlusPlus
 from evalcam.methods.gradients import GuidedBackprop
 from evalcam.methods.hooks import count_hooks
-from evalcam.methods.perturbation import AblationCAM, ScoreCAM
 from evalcam.methods.reshape import tokens_to_grid
 from evalcam.methods.rise import RISE, rise_grids, rise_masks
+from evalcam.methods.score_ablation import AblationCAM, ScoreCAM
 from evalcam.models.bundle import ModelBundle, Preprocess
 
 

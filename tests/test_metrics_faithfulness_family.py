@@ -111,6 +111,19 @@ def test_pixel_and_patch_groups_follow_the_saliency_order():
     assert groups[0, ::2, ::2].tolist() == [[1, 2], [0, 3]]
 
 
+def test_an_unknown_baseline_is_refused_with_the_names_that_work():
+    model, inputs, contribution = linear_case()
+    batch = make_batch(model, inputs, [0, 0], contribution)
+    with pytest.raises(ValueError) as err:
+        PixelFlipping(steps=16, baseline="gray").update(batch)
+    assert str(err.value) == (
+        "unknown baseline 'gray'; use one of mean, zero, black, image_mean, blur, uniform "
+        "or a grey level in [0, 1]"
+    )
+    grey, black = PixelFlipping(steps=16, baseline="0.0"), PixelFlipping(steps=16, baseline="black")
+    assert torch.equal(grey.curves(batch)[0], black.curves(batch)[0])  # pixel value 0 either way
+
+
 # --- curves with closed forms --------------------------------------------------------------------------
 
 

@@ -14,9 +14,16 @@ from torch import nn
 
 from evalcam.data.types import Sample
 from evalcam.methods.occlusion import occlusion_boxes, patch_origins
+from evalcam.metrics.avg_drop import AverageDrop, masked_inputs
 from evalcam.metrics.base import EvalBatch
-from evalcam.metrics.causal import Deletion, Insertion, blur, curve_auc, gaussian_kernel, saliency_rank
-from evalcam.metrics.confidence import AverageDrop, masked_inputs
+from evalcam.metrics.deletion_insertion import (
+    Deletion,
+    Insertion,
+    blur,
+    curve_auc,
+    gaussian_kernel,
+    saliency_rank,
+)
 from evalcam.metrics.faithfulness import OcclusionFaithfulness, occlusion_map
 from evalcam.models.bundle import ModelBundle, Preprocess
 

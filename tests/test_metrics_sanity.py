@@ -5,15 +5,16 @@ failing the check."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import pytest
 import torch
 from torch import nn
 
 from evalcam.data.types import Sample
+from evalcam.methods import build_explainer
 from evalcam.methods.baselines import CenterBaseline
 from evalcam.methods.gradcam import GradCAM
+from evalcam.metrics import sanity
 from evalcam.metrics.sanity import CascadingRandomization, cascade_layers, rebind_explainer, reinitialize
 from evalcam.metrics.stats import spearman
 from evalcam.models.bundle import ModelBundle, Preprocess
@@ -38,7 +39,7 @@ class TinyNet(nn.Module):
         return self.fc(self.act2(self.conv2(self.act1(self.conv1(x)))).mean((2, 3)))
 
 
-def _batch(explainer, model, n=3, size=16, extra=None):
+def _batch(explainer, model, n=3, size=16):
     bundle = ModelBundle(
         model=model,
         name="tiny",
@@ -50,8 +51,7 @@ def _batch(explainer, model, n=3, size=16, extra=None):
         Sample(image=torch.zeros(3, size, size, dtype=torch.uint8), image_id=str(i), labels=[])
         for i in range(n)
     ]
-    batch = explain_batch(samples, inputs, bundle, explainer, topk=1, need_gt=False)
-    return dataclasses.replace(batch, extra=extra or {})
+    return explain_batch(samples, inputs, bundle, explainer, topk=1, need_gt=False)
 
 
 def test_default_cascade_goes_from_the_top_down():
@@ -114,10 +114,25 @@ def test_rebuilding_through_the_method_registry_gives_the_same_numbers():
     explainer = GradCAM(model, "act2")
     rebound, rebuilt = CascadingRandomization(steps=2), CascadingRandomization(steps=2)
     rebound.update(_batch(explainer, model))
-    rebuilt.update(
-        _batch(explainer, model, extra={"method": {"name": "gradcam", "params": {"target_layer": "act2"}}})
-    )
+    registered = build_explainer("gradcam", _batch(explainer, model).bundle, target_layer="act2")
+    assert registered.recipe == ("gradcam", {"target_layer": "act2"})
+    rebuilt.update(_batch(registered, model))
     assert rebound.compute() == rebuilt.compute()
+
+
+def test_a_registered_method_is_rebuilt_on_the_copy_not_re_pointed(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("an explainer with a recipe must be rebuilt, not re-pointed")
+
+    monkeypatch.setattr(sanity, "rebind_explainer", refuse)
+    model = TinyNet().eval()
+    explainer = build_explainer("gradcam", _batch(GradCAM(model, "act2"), model).bundle)
+    metric = CascadingRandomization(steps=3)
+    metric.update(_batch(explainer, model))
+    # re-initializing the unused `spare` layer leaves the maps, the next two steps change them
+    out = metric.compute()
+    assert out["step_01_spare"] == pytest.approx(1.0)
+    assert out["step_03_conv2"] < 0.99
 
 
 def test_rebind_points_model_references_at_the_copy():

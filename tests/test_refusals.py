@@ -20,9 +20,9 @@ from omegaconf import OmegaConf
 
 from evalcam.data import build_dataset
 from evalcam.metrics import METRICS
-from evalcam.metrics.causal import Deletion
+from evalcam.metrics.deletion_insertion import Deletion
 from evalcam.metrics.pointing import PointingGame
-from evalcam.proxy_heads import LABEL_SPACES, apply_head
+from evalcam.models.proxy_heads import LABEL_SPACES, apply_head
 from evalcam.requirements import check_requirements, model_label_space, needs_table
 from evalcam.runner import run
 from tests.conftest import ROOT, shared_subdir

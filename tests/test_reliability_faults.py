@@ -24,6 +24,7 @@ from PIL import Image
 from evalcam import results, runner
 from evalcam.data.imagenet import imagenet_wnids
 from evalcam.metrics import METRICS, Metric
+from evalcam.requirements import Needs
 from evalcam.results import StorageError
 from evalcam.runner import run
 
@@ -191,7 +192,7 @@ def test_bad_files_are_skipped_counted_listed_and_fixed_boxes_reported(tmp_path)
 
 class NeedsMasks(Metric):
     name = "mask_iou"
-    needs_masks = True
+    needs = Needs(masks=True)
 
     def update(self, batch):  # never reached: the run stops before the first batch
         raise AssertionError

@@ -223,7 +223,7 @@ def test_newest_run_of_a_configuration_wins(tiny_runs):
 
 
 def test_proxy_head_scores_a_class_as_the_mean_of_its_imagenet_logits(lite0, photos):
-    from evalcam.proxy_heads import LABEL_SPACES, proxy_model, unmapped_classes
+    from evalcam.models.proxy_heads import LABEL_SPACES, proxy_model, unmapped_classes
 
     proxy = proxy_model("efficientnet_lite0", "voc")
     x = lite0.preprocess([photos["chelsea"]], "cpu")

@@ -171,7 +171,6 @@ class COCODataset(EvalDataset):
         for problem in problems:
             log.warning("%s: %s: %s", self.name, ann_file.name, problem)
         cat_ids = sorted(categories)
-        self.category_ids = cat_ids
         self.cat_to_index = {cid: i for i, cid in enumerate(cat_ids)}
         self.class_names = [categories[cid] for cid in cat_ids]
         by_image: dict[object, list[dict]] = {}

@@ -43,9 +43,9 @@ from evalcam.methods.gradcam import (
 from evalcam.methods.gradients import Backprop, GuidedBackprop, GuidedGradCAM, guided_relus
 from evalcam.methods.lrp import LRP
 from evalcam.methods.occlusion import Occlusion
-from evalcam.methods.perturbation import AblationCAM, ScoreCAM
 from evalcam.methods.record import MethodRecord
 from evalcam.methods.rise import RISE
+from evalcam.methods.score_ablation import AblationCAM, ScoreCAM
 from evalcam.models.bundle import ModelBundle
 
 # The built-in methods. Family and paper become MLflow tags; cost and peers drive the benchmark.
@@ -194,7 +194,17 @@ def method_tags(name: str) -> tuple[str, str]:
 
 def build_explainer(name: str, bundle: ModelBundle, **params: Any) -> Explainer:
     """Instantiate method ``name`` on ``bundle``'s model, its default target layer and, for methods that
-    read the linear head (CAM, Ablation-CAM), its ``classifier``."""
+    read the linear head (CAM, Ablation-CAM), its ``classifier``.
+
+    The explainer keeps ``(name, params)`` as :attr:`Explainer.recipe`, so the randomization metrics
+    (:mod:`evalcam.metrics.sanity`, :mod:`evalcam.metrics.randomization`) rebuild the same method on a
+    randomized copy of the model instead of patching references into the original one."""
+    explainer = _instantiate(name, bundle, dict(params))
+    explainer.recipe = (name, dict(params))
+    return explainer
+
+
+def _instantiate(name: str, bundle: ModelBundle, params: dict[str, Any]) -> Explainer:
     if name.startswith("pgc/"):
         from evalcam.methods.external import PytorchGradCAM
 

@@ -44,7 +44,6 @@ from torch import nn
 
 from evalcam.methods.base import Explainer, Explanation, Targets, resolve_targets
 
-ATTENTION_METHODS = ("attention_rollout", "transformer_attribution")
 # What the refusal on a model without nn.MultiheadAttention suggests instead.
 OTHER_METHODS = "gradcam, gradcampp, hirescam, layercam, scorecam, ablationcam, eigencam, occlusion, rise"
 

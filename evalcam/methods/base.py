@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +126,9 @@ class Explainer:
     """Base for every method. Subclasses implement :meth:`explain`."""
 
     name = "explainer"
+    #: ``(method name, params)`` when built by :func:`evalcam.methods.build_explainer`: how to build the
+    #: same method on another model (the randomization metrics rebuild it on a randomized copy)
+    recipe: tuple[str, dict[str, Any]] | None = None
 
     def __init__(self, model: nn.Module, autocast: torch.dtype | str | None = None) -> None:
         self.model = model

@@ -410,15 +410,3 @@ class KernelShap(_Superpixels):
 class Lime(_Superpixels):
     name = "lime"
     captum_class = "Lime"
-
-
-NAMED = (
-    IntegratedGradients,
-    SmoothGrad,
-    InputXGradient,
-    DeepLift,
-    DeepLiftShap,
-    ExpectedGradients,
-    KernelShap,
-    Lime,
-)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from evalcam.methods.base import Explainer, Explanation, Targets, resolve_targets
-from evalcam.methods.perturbation import column_scores
+from evalcam.methods.score_ablation import column_scores
 
 
 def rise_grids(num_masks: int, cells: int, p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
+from evalcam.metrics.avg_drop import AverageDrop
 from evalcam.metrics.base import EvalBatch, Metric
-from evalcam.metrics.causal import Deletion, Insertion
 from evalcam.metrics.complexity import Complexity, EffectiveComplexity, Sparseness
-from evalcam.metrics.confidence import AverageDrop
 from evalcam.metrics.continuity import Continuity
+from evalcam.metrics.deletion_insertion import Deletion, Insertion
 from evalcam.metrics.emprt import EfficientMPRT
 from evalcam.metrics.faithfulness import OcclusionFaithfulness
 from evalcam.metrics.faithfulness_correlation import FaithfulnessCorrelation
@@ -20,7 +20,6 @@ from evalcam.metrics.focus import Focus
 from evalcam.metrics.infidelity import Infidelity
 from evalcam.metrics.irof import IROF
 from evalcam.metrics.local_lipschitz import LocalLipschitz
-from evalcam.metrics.localization import WeakLocalization
 from evalcam.metrics.mask_localization import (
     AttributionLocalisation,
     MaskAUC,
@@ -45,6 +44,7 @@ from evalcam.metrics.robustness import AdversarialRobustness
 from evalcam.metrics.sanity import CascadingRandomization
 from evalcam.metrics.smprt import SmoothMPRT
 from evalcam.metrics.sufficiency import Sufficiency
+from evalcam.metrics.weak_loc import WeakLocalization
 from evalcam.stats.seed import derive_seed
 
 METRICS: dict[str, type[Metric]] = {

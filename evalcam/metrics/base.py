@@ -1,19 +1,18 @@
 """Metric API: stateful accumulators in the torchmetrics pattern.
 
 Every state is a tensor on the metric's device that is reduced by summation, so states from several
-processes (or from the batches of an interrupted run) merge exactly: :meth:`Metric.merge` adds them and
-:meth:`Metric.sync` all-reduces them over ``torch.distributed``. ``update`` returns per-image records
-that the runner appends to the run's Parquet table.
+processes (or from the batches of an interrupted run) merge exactly: :meth:`Metric.merge` adds them (the
+runner sums the states of a run's Parquet parts this way). ``update`` returns per-image records that the
+runner appends to the run's Parquet table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torch.distributed as dist
 
 from evalcam.requirements import Needs
 from evalcam.stats.aggregation import Aggregation, Mean
@@ -96,7 +95,15 @@ class Metric:
         """How each logged key is re-estimated from the per-image records (bootstrap intervals, paired
         tests, rankings; see :mod:`evalcam.stats.aggregation`). Default: the mean over images of the
         column ``<name>.<key>`` for every key with a direction; override for other aggregations."""
-        return {k: Mean(f"{self.name}.{k}") for k in keys if k in self.higher_is_better}
+        return {k: Mean(self.column(k)) for k in keys if k in self.higher_is_better}
+
+    def record(self, values: Mapping[str, Any] | None = None, /, **more: Any) -> dict[str, Any]:
+        """One image's record: every value keyed ``<name>.<key>``, the column the statistics resample."""
+        return {self.column(key): value for key, value in {**(values or {}), **more}.items()}
+
+    def column(self, key: str) -> str:
+        """The per-image column of ``key``: ``<name>.<key>``."""
+        return f"{self.name}.{key}"
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name).detach().cpu().clone() for name in self._defaults}
@@ -110,15 +117,6 @@ class Metric:
         state = other.state_dict() if isinstance(other, Metric) else other
         for name in self._defaults:
             setattr(self, name, getattr(self, name) + state[name].to(self.device))
-
-    def sync(self) -> None:
-        """Sum states across all processes of the default process group (no-op when not distributed)."""
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        for name in self._defaults:
-            tensor = getattr(self, name).clone()
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-            setattr(self, name, tensor)
 
 
 def safe_ratio(num: torch.Tensor, den: torch.Tensor) -> float:

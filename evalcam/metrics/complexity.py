@@ -70,8 +70,7 @@ class _ComplexityMetric(Metric):
         self.degenerate = self.degenerate + degenerate.sum().double()
         columns = {key: values[key].cpu().tolist() for key in self.keys}
         return [
-            {f"{self.name}.{key}": columns[key][i] for key in self.keys}
-            | {f"{self.name}.degenerate": bool(d)}
+            self.record({key: columns[key][i] for key in self.keys}, degenerate=bool(d))
             for i, d in enumerate(degenerate.cpu().tolist())
         ]
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from evalcam.metrics.base import EvalBatch
-from evalcam.metrics.perturb import normalization
+from evalcam.metrics.perturbed_scores import normalization
 from evalcam.metrics.stability import SampledStability
 
 FILLS = ("black", "min")

@@ -27,9 +27,9 @@ from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.randomization import (
     SCHEMES,
-    explainer_on,
     fully_randomized,
     histogram_entropy,
+    model_explainer,
 )
 from evalcam.metrics.reexplain import reexplain, require_eval
 from evalcam.metrics.stats import flat_maps
@@ -82,7 +82,7 @@ class EfficientMPRT(Metric):
 
     def randomized_maps(self, batch: EvalBatch, classes: torch.Tensor) -> torch.Tensor:
         model = self._cache.get(batch.explainer.model, self.seed, self.scheme, self.layers)
-        explainer = explainer_on(batch, model)
+        explainer = model_explainer(batch, model)
         chunks = reexplain(
             explainer,
             len(batch.samples),
@@ -111,11 +111,11 @@ class EfficientMPRT(Metric):
         records = []
         for i in range(len(batch.samples)):
             records.append(
-                {
-                    f"{self.name}.score": float(score[i]),
-                    f"{self.name}.entropy_original": float(h_orig[i]),
-                    f"{self.name}.entropy_randomized": float(h_rand[i]),
-                }
+                self.record(
+                    score=float(score[i]),
+                    entropy_original=float(h_orig[i]),
+                    entropy_randomized=float(h_rand[i]),
+                )
                 if bool(measured[i])
                 else {}
             )

@@ -18,7 +18,7 @@ import torch
 from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.imputation import require_eval
-from evalcam.metrics.perturb import model_of
+from evalcam.metrics.perturbed_scores import model_of
 from evalcam.metrics.stats import flat_maps
 
 
@@ -68,10 +68,9 @@ class FaithfulMetric(Metric):
         classes = batch.pred_classes[:, 0].tolist()
         records = []
         for i in range(len(batch.samples)):
-            record: dict[str, Any] = {f"{self.name}.{key}": float(values[key][i]) for key in self.keys}
-            record[f"{self.name}.class"] = int(classes[i])
-            record[f"{self.name}.degenerate"] = bool(degenerate[i])
-            records.append(record)
+            record = {key: float(values[key][i]) for key in self.keys}
+            record |= {"class": int(classes[i]), "degenerate": bool(degenerate[i])}
+            records.append(self.record(record))
         return records
 
     def compute(self) -> dict[str, float]:

@@ -38,7 +38,7 @@ import torch
 from evalcam.maps import upsample
 from evalcam.methods.occlusion import occluded_outputs, occlusion_boxes, spread_drops, use_incremental
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
-from evalcam.metrics.perturb import class_scores, fill_value, model_of, normalization
+from evalcam.metrics.perturbed_scores import class_scores, fill_value, model_of, normalization
 from evalcam.metrics.stats import flat_maps, spearman
 from evalcam.models.incremental import Box
 
@@ -189,11 +189,7 @@ class OcclusionFaithfulness(Metric):
         self.images = self.images + len(rho)
         self.degenerate = self.degenerate + (~valid).sum().to(self.device)
         return [
-            {
-                "faithfulness.spearman": float(r),
-                "faithfulness.class": int(c),
-                "faithfulness.degenerate": not bool(v),
-            }
+            self.record({"spearman": float(r), "class": int(c), "degenerate": not bool(v)})
             for r, c, v in zip(rho.tolist(), classes.tolist(), valid.tolist(), strict=True)
         ]
 

@@ -28,7 +28,7 @@ from evalcam.metrics.imputation import (
     image_seed,
     masked_scores,
 )
-from evalcam.metrics.perturb import class_scores, model_of
+from evalcam.metrics.perturbed_scores import class_scores, model_of
 from evalcam.metrics.stats import pearson
 
 

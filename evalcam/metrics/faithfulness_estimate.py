@@ -21,7 +21,7 @@ import torch
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.faithful_base import FaithfulMetric, input_cams
 from evalcam.metrics.imputation import Baseline, check_count, group_scores, pixel_groups
-from evalcam.metrics.perturb import class_scores, model_of
+from evalcam.metrics.perturbed_scores import class_scores, model_of
 from evalcam.metrics.stats import pearson
 
 

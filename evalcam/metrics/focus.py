@@ -132,12 +132,12 @@ class Focus(Metric):
         for i, plan in enumerate(plans):
             tiles = [batch.samples[j].image_id for j in plan[0]] if plan else None
             records.append(
-                {
-                    "focus.focus": scores.get(i),
-                    "focus.tiles": tiles,
-                    "focus.target_tiles": plan[1] if plan else None,
-                    "focus.degenerate": degenerate_of.get(i),
-                }
+                self.record(
+                    focus=scores.get(i),
+                    tiles=tiles,
+                    target_tiles=plan[1] if plan else None,
+                    degenerate=degenerate_of.get(i),
+                )
             )
         return records
 

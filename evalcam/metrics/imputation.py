@@ -12,7 +12,7 @@ was replaced. Here that is expressed once:
   ROAD's noisy linear imputation (:mod:`evalcam.metrics.road`);
 * :func:`group_scores` scores ``K`` perturbed copies of each image (cumulative ``group < k`` or a single
   group ``group == k``) with the steps of all images of a batch in one stream of chunked forwards under
-  ``torch.no_grad`` (:func:`evalcam.metrics.perturb.scores_of_items`), so memory stays bounded by
+  ``torch.no_grad`` (:func:`evalcam.metrics.perturbed_scores.scores_of_items`), so memory stays bounded by
   ``chunk_size`` copies whatever the number of steps.
 
 Random baselines draw from a generator seeded by ``(seed, image key, copy index)``, so a copy's noise does
@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from evalcam.metrics.base import EvalBatch
-from evalcam.metrics.causal import blur
+from evalcam.metrics.deletion_insertion import blur
 from evalcam.metrics.local_steps import stepped_scores
-from evalcam.metrics.perturb import fill_value, normalization, scores_of_items
+from evalcam.metrics.perturbed_scores import fill_value, normalization, scores_of_items
 
 #: baselines a config may name (a number in [0, 1] is a grey level)
 BASELINES = ("mean", "zero", "black", "image_mean", "blur", "uniform")
@@ -62,6 +62,14 @@ def image_keys(batch: EvalBatch) -> list[str]:
     return [str(sample.image_id) for sample in batch.samples]
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 class Baseline:
     """Replacement values ``[n, C, H, W]`` (network input space) for perturbed copies of a batch.
 
@@ -77,6 +85,10 @@ class Baseline:
         blur_sigma: float = 5.0,
         per_copy: bool = False,
     ) -> None:
+        if isinstance(kind, str) and kind not in BASELINES and not _is_number(kind):
+            raise ValueError(
+                f"unknown baseline {kind!r}; use one of {', '.join(BASELINES)} or a grey level in [0, 1]"
+            )
         inputs = batch.inputs
         self.kind, self.inputs = kind, inputs
         self.mean, self.std = normalization(batch)

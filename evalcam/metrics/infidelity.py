@@ -26,7 +26,7 @@ import torch
 from evalcam.methods.occlusion import occluded_outputs, occlusion_boxes, occlusion_windows, use_incremental
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.faithful_base import FaithfulMetric, input_cams
-from evalcam.metrics.perturb import class_scores, fill_value, model_of, normalization
+from evalcam.metrics.perturbed_scores import class_scores, fill_value, model_of, normalization
 
 
 class Infidelity(FaithfulMetric):

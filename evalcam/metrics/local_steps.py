@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from evalcam.methods.occlusion import use_incremental
-from evalcam.metrics.perturb import class_scores, scores_of_items
+from evalcam.metrics.perturbed_scores import class_scores, scores_of_items
 from evalcam.models.incremental import incremental_model
 
 #: bool masks ``[n, 1, H, W]`` (True: replaced) of copies ``k[i]`` of images ``image[i]``

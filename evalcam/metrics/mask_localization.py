@@ -22,6 +22,7 @@ docstring says how (tests/test_metrics_mask_quantus.py pins each difference).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -55,8 +56,8 @@ class _MaskMetric(Metric):
     def __init__(self, device: torch.device | str = "cpu", boxes_as_masks: bool = False) -> None:
         super().__init__(device)
         self.boxes_as_masks = bool(boxes_as_masks)
-        #: read by the runner's compatibility check: box-only datasets are refused unless boxes are allowed
-        self.needs_masks = not self.boxes_as_masks
+        # Box-only datasets are refused before the run unless boxes may stand in for masks.
+        self.needs = replace(type(self).needs, masks=not self.boxes_as_masks)
         for state in ("total", "images", "pairs", "skipped", "degenerate"):
             self.add_state(state, torch.zeros((), dtype=torch.float64))
 
@@ -108,11 +109,11 @@ class _MaskMetric(Metric):
             scored = dict(zip(classes, values.tolist(), strict=True))
             per_class = [scored.get(c) for _, c in pairs]
             records.append(
-                {
-                    f"{self.name}.{self.key}": float(values.mean()) if cols else None,
-                    f"{self.name}.classes": [c for _, c in pairs],
-                    f"{self.name}.per_class": per_class,
-                }
+                self.record(
+                    {self.key: float(values.mean()) if cols else None},
+                    classes=[c for _, c in pairs],
+                    per_class=per_class,
+                )
             )
         return records
 

@@ -195,13 +195,13 @@ class MaxBoxAcc(Metric):
             hits_v1 += own_v1
             hits_v2 += own_v2
             records.append(
-                {
-                    "maxboxacc.best_iou": best,
-                    "maxboxacc.best_iou_threshold": best_t,
-                    "maxboxacc.pairs": len(best),
-                    "maxboxacc.hits_v1": own_v1.astype(np.int32).ravel().tolist(),
-                    "maxboxacc.hits_v2": own_v2.astype(np.int32).ravel().tolist(),
-                }
+                self.record(
+                    best_iou=best,
+                    best_iou_threshold=best_t,
+                    pairs=len(best),
+                    hits_v1=own_v1.astype(np.int32).ravel().tolist(),
+                    hits_v2=own_v2.astype(np.int32).ravel().tolist(),
+                )
             )
         self.hits_v1 = self.hits_v1 + torch.from_numpy(hits_v1).to(self.device)
         self.hits_v2 = self.hits_v2 + torch.from_numpy(hits_v2).to(self.device)
@@ -218,9 +218,9 @@ class MaxBoxAcc(Metric):
         index = {d: self.deltas.index(d) for d in self.deltas}
 
         def curve(variant: str, deltas: Sequence[int]) -> BestThreshold:
-            hits = f"maxboxacc.hits_{variant}"
+            hits = self.column(f"hits_{variant}")
             picked = tuple(index[d] for d in deltas)
-            return BestThreshold(hits, "maxboxacc.pairs", len(self.deltas), picked, fixed)
+            return BestThreshold(hits, self.column("pairs"), len(self.deltas), picked, fixed)
 
         known = {"max_box_acc": curve("v1", [self.iou]), "max_box_acc_v2": curve("v2", self.iou_v2)}
         known |= {f"max_box_acc_iou{d}": curve("v1", [d]) for d in self.deltas}

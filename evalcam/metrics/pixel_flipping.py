@@ -26,10 +26,10 @@ import torch
 
 from evalcam.methods.occlusion import use_incremental
 from evalcam.metrics.base import EvalBatch
-from evalcam.metrics.causal import curve_auc
+from evalcam.metrics.deletion_insertion import curve_auc
 from evalcam.metrics.faithful_base import FaithfulMetric, input_cams
 from evalcam.metrics.imputation import Baseline, check_count, group_scores, pixel_groups
-from evalcam.metrics.perturb import class_scores, model_of
+from evalcam.metrics.perturbed_scores import class_scores, model_of
 
 ORDERS = ("morf", "lerf")
 

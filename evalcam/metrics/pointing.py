@@ -139,12 +139,12 @@ class PointingGame(Metric):
             outcome = [int(found[col][0]) if col in found else -1 for col, _ in pairs]
             where = [None if col not in found or found[col][2] else found[col][1] for col, _ in pairs]
             records.append(
-                {
-                    "pointing.classes": [c for _, c in pairs],
-                    "pointing.hit": outcome,  # 1 hit, 0 miss, -1 not evaluated (all boxes difficult)
-                    "pointing.points": where,
-                    "pointing.difficult": [c in difficult for _, c in pairs],
-                }
+                self.record(
+                    classes=[c for _, c in pairs],
+                    hit=outcome,  # 1 hit, 0 miss, -1 not evaluated (all boxes difficult)
+                    points=where,
+                    difficult=[c in difficult for _, c in pairs],
+                )
             )
         hits = hits.to(self.device)
         self.hits = self.hits + hits[0, 0]
@@ -166,10 +166,11 @@ class PointingGame(Metric):
     def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
         # A mean of per-class means: resampled images carry their (class, hit) pairs and the per-class
         # accuracies are recomputed inside every resample.
+        classes, hit = self.column("classes"), self.column("hit")
         known: dict[str, Aggregation] = {
-            "accuracy": ClassMean("pointing.classes", "pointing.hit"),
-            "difficult_accuracy": ClassMean("pointing.classes", "pointing.hit", only="pointing.difficult"),
-            "overall_accuracy": PairMean("pointing.hit", skip_negative=True),
+            "accuracy": ClassMean(classes, hit),
+            "difficult_accuracy": ClassMean(classes, hit, only=self.column("difficult")),
+            "overall_accuracy": PairMean(hit, skip_negative=True),
         }
         return {k: known[k] for k in keys if k in known}
 
@@ -220,16 +221,16 @@ class EnergyPointingGame(Metric):
             self.degenerate = self.degenerate + degenerate.sum().to(self.device)
             found = dict(zip(cols, shares.tolist(), strict=True))
             records.append(
-                {
-                    "energy_pointing.classes": [c for _, c in pairs],
-                    "energy_pointing.energy": [found.get(col) for col, _ in pairs],
-                }
+                self.record(
+                    classes=[c for _, c in pairs],
+                    energy=[found.get(col) for col, _ in pairs],
+                )
             )
         return records
 
     def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
         # The mean runs over (image, class) pairs; skipped classes hold None.
-        return {"energy": PairMean("energy_pointing.energy")} if "energy" in keys else {}
+        return {"energy": PairMean(self.column("energy"))} if "energy" in keys else {}
 
     def compute(self) -> dict[str, float]:
         return {

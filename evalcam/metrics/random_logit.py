@@ -87,8 +87,7 @@ class RandomLogit(Metric):
         if bool((~bad).any()):
             value[~bad] = ssim(max_normalized(original[~bad]), max_normalized(off_maps[~bad]), self.window)
         records = [
-            {f"{self.name}.class": int(off[i])}
-            | ({} if bool(bad[i]) else {f"{self.name}.ssim": float(value[i])})
+            self.record({"class": int(off[i])} | ({} if bool(bad[i]) else {"ssim": float(value[i])}))
             for i in range(len(ids))
         ]
         self.ssim_sum = self.ssim_sum + float(value[~bad].sum())

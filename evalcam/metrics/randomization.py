@@ -15,15 +15,15 @@ The user's model is never modified: every randomization works on a deep copy. Tw
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from evalcam.metrics.base import EvalBatch
-from evalcam.metrics.sanity import cascade_layers, rebind_explainer, reinitialize
+from evalcam.metrics.sanity import cascade_layers, explainer_on, reinitialize
 from evalcam.models.layers import resolve_layer
 
 SCHEMES = ("cascade", "quantus")
@@ -71,16 +71,10 @@ def fully_randomized(
     return steps[-1][1]
 
 
-def explainer_on(batch: EvalBatch, model: nn.Module):
-    """The batch's method on another model: rebuilt from ``batch.extra["method"]`` when the runner gave it,
-    else ``batch.explainer`` with its references into the original model re-pointed (as the sanity metric)."""
-    method = batch.extra.get("method") if batch.extra else None
-    if method and batch.bundle is not None:
-        from evalcam.methods import build_explainer
-
-        bundle = dataclasses.replace(batch.bundle, model=model)
-        return build_explainer(method["name"], bundle, **dict(method.get("params") or {}))
-    return rebind_explainer(batch.explainer, batch.explainer.model, model)
+def model_explainer(batch: EvalBatch, model: nn.Module) -> Any:
+    """The batch's method on another model (as the sanity metric: rebuilt from its recipe, else
+    re-pointed; see :func:`evalcam.metrics.sanity.explainer_on`)."""
+    return explainer_on(batch, batch.explainer.model, model)
 
 
 def histogram_entropy(maps: torch.Tensor, bins: int = 100) -> torch.Tensor:

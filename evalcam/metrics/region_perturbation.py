@@ -26,7 +26,7 @@ from evalcam.methods.occlusion import use_incremental
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.faithful_base import FaithfulMetric, input_cams
 from evalcam.metrics.imputation import Baseline, check_count, group_scores, patch_groups
-from evalcam.metrics.perturb import class_scores, model_of
+from evalcam.metrics.perturbed_scores import class_scores, model_of
 from evalcam.metrics.pixel_flipping import check_order
 
 

@@ -38,7 +38,7 @@ from scipy.sparse.linalg import spsolve
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.faithful_base import FaithfulMetric, input_cams
 from evalcam.metrics.imputation import image_keys, image_seed, pixel_groups
-from evalcam.metrics.perturb import model_of, normalization, scores_of_items
+from evalcam.metrics.perturbed_scores import model_of, normalization, scores_of_items
 
 #: ``(dy, dx, weight)`` of the neighbours in the reference's ``neighbors_weights``
 NEIGHBOURS = (

@@ -13,7 +13,7 @@ For each image, with ``c`` its top-1 predicted class on the clean input:
 3. the map of the ORIGINAL class ``c`` is recomputed on the adversarial input (``batch.explainer``) and,
    for images whose ``c`` is a ground-truth class, checked as on clean inputs: weak localization (box of
    the largest segment at ``threshold`` = 15% of the max, IoU >= ``iou`` with a GT box of ``c``; helpers of
-   :mod:`evalcam.metrics.localization`) and the pointing game (argmax within ``tolerance`` px of ``c``'s
+   :mod:`evalcam.metrics.weak_loc`) and the pointing game (argmax within ``tolerance`` px of ``c``'s
    region, :mod:`evalcam.metrics.regions`). Rates are reported over all such images and over those where
    the attack succeeded (``_fooled``);
 4. **similarity** of the clean and adversarial maps at map resolution: Spearman and Pearson correlation.
@@ -47,11 +47,11 @@ import torch.nn.functional as F
 
 from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
-from evalcam.metrics.localization import best_iou, map_to_box
-from evalcam.metrics.perturb import model_of, normalization
+from evalcam.metrics.perturbed_scores import model_of, normalization
 from evalcam.metrics.pointing import is_flat
 from evalcam.metrics.regions import argmax_point, has_region, pointing_hit
 from evalcam.metrics.stats import pearson, spearman
+from evalcam.metrics.weak_loc import best_iou, map_to_box
 from evalcam.requirements import Needs
 from evalcam.stats.aggregation import Aggregation, Mean
 
@@ -207,14 +207,8 @@ class AdversarialRobustness(Metric):
                 self.clean_iou = self.clean_iou + iou
                 self.clean_loc = self.clean_loc + float(loc)
                 self.clean_point = self.clean_point + float(point)
-                records[i].update(
-                    {
-                        "robustness.clean_iou": iou,
-                        "robustness.clean_loc": loc,
-                        "robustness.clean_point": point,
-                    }
-                )
-            records[i]["robustness.evaluable"] = evaluable[i]
+                records[i].update(self.record(clean_iou=iou, clean_loc=loc, clean_point=point))
+            records[i].update(self.record(evaluable=evaluable[i]))
 
         for a, attack in enumerate(self.attacks):
             if attack == "fgsm":
@@ -248,10 +242,16 @@ class AdversarialRobustness(Metric):
             counts["degenerate"] = float((~(rho_ok & r_ok)).sum())
             for i, sample in enumerate(batch.samples):
                 rec = records[i]
-                rec[f"robustness.{attack}_success"] = bool(success[i])
-                rec[f"robustness.{attack}_prob_drop"] = float(clean_prob[i] - adv_prob[i])
-                rec[f"robustness.{attack}_spearman"] = float(rho[i])
-                rec[f"robustness.{attack}_pearson"] = float(r[i])
+                rec.update(
+                    self.record(
+                        {
+                            f"{attack}_success": bool(success[i]),
+                            f"{attack}_prob_drop": float(clean_prob[i] - adv_prob[i]),
+                            f"{attack}_spearman": float(rho[i]),
+                            f"{attack}_pearson": float(r[i]),
+                        }
+                    )
+                )
                 if not evaluable[i]:
                     continue
                 iou, loc, point, degenerate = self._checks(adv_maps[i], sample, int(classes[i]))
@@ -264,9 +264,9 @@ class AdversarialRobustness(Metric):
                     counts["fooled_evaluable"] += 1
                     counts["fooled_loc"] += loc
                     counts["fooled_point"] += point
-                rec[f"robustness.{attack}_iou"] = iou
-                rec[f"robustness.{attack}_loc"] = loc
-                rec[f"robustness.{attack}_point"] = point
+                rec.update(
+                    self.record({f"{attack}_iou": iou, f"{attack}_loc": loc, f"{attack}_point": point})
+                )
             for q, value in counts.items():
                 state = getattr(self, q).clone()
                 state[a] += value
@@ -277,12 +277,12 @@ class AdversarialRobustness(Metric):
         # Localization and pointing rates run over the evaluable images only: their records are absent
         # elsewhere, and the _fooled rates over those where the attack succeeded.
         known: dict[str, Aggregation] = {
-            "clean_iou": Mean("robustness.clean_iou"),
-            "clean_loc_acc": Mean("robustness.clean_loc"),
-            "clean_pointing_acc": Mean("robustness.clean_point"),
+            "clean_iou": Mean(self.column("clean_iou")),
+            "clean_loc_acc": Mean(self.column("clean_loc")),
+            "clean_pointing_acc": Mean(self.column("clean_point")),
         }
         for a in self.attacks:
-            col = f"robustness.{a}"
+            col = self.column(a)
             known |= {
                 f"{a}_success_rate": Mean(f"{col}_success"),
                 f"{a}_prob_drop": Mean(f"{col}_prob_drop"),

@@ -15,11 +15,12 @@ layers (``layer`` the last one randomized) have been re-initialized; it should f
   norm also resets its running statistics), run on CPU under ``torch.manual_seed(seed + k)`` for the
   ``k``-th layer, so the randomized copy is the same for every batch and on every device. Parameters of
   modules without ``reset_parameters`` are redrawn from N(0, 0.02).
-- **Explainer**: rebuilt on the randomized copy. When the runner passes ``batch.extra["method"]`` =
-  ``{"name": ..., "params": {...}}`` the method is rebuilt with ``evalcam.methods.build_explainer``;
-  otherwise ``batch.explainer`` is shallow-copied and every attribute that refers to the original model,
-  one of its submodules or parameters is re-pointed to its counterpart in the copy (a ``CAMExplainer``
-  keeps only the model and layer *names*, so this is exact for it).
+- **Explainer**: rebuilt on the randomized copy. An explainer made by ``evalcam.methods.build_explainer``
+  (every run's) carries its ``recipe`` (method name and params) and is built again from it on the copy,
+  so nothing it derived from the original model survives; an explainer constructed directly is
+  shallow-copied and every attribute that refers to the original model, one of its submodules or
+  parameters is re-pointed to its counterpart in the copy (a ``CAMExplainer`` keeps only the model and
+  layer *names*, so this is exact for it).
 - **Degenerate maps**: a constant or non-finite map (original or randomized) scores 0 and is counted in
   ``degenerate_maps`` per step (:mod:`evalcam.metrics.stats`).
 
@@ -39,7 +40,7 @@ import torch
 from torch import nn
 
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
-from evalcam.metrics.perturb import model_of
+from evalcam.metrics.perturbed_scores import model_of
 from evalcam.metrics.stats import spearman
 from evalcam.models.layers import resolve_layer
 from evalcam.stats.aggregation import Aggregation, Mean
@@ -112,6 +113,18 @@ def rebind_explainer(explainer: Any, old: nn.Module, new: nn.Module) -> Any:
     return clone
 
 
+def explainer_on(batch: EvalBatch, original: nn.Module, randomized: nn.Module) -> Any:
+    """The batch's method on ``randomized``: rebuilt from the explainer's ``recipe`` when it has one,
+    else :func:`rebind_explainer` (an explainer constructed directly)."""
+    recipe = getattr(batch.explainer, "recipe", None)
+    if recipe is not None and batch.bundle is not None:
+        from evalcam.methods import build_explainer
+
+        name, params = recipe
+        return build_explainer(name, dataclasses.replace(batch.bundle, model=randomized), **params)
+    return rebind_explainer(batch.explainer, original, randomized)
+
+
 class CascadingRandomization(Metric):
     name = "sanity"
     # A method passes the sanity check when its maps change once the weights are randomized.
@@ -147,20 +160,11 @@ class CascadingRandomization(Metric):
             resolve_layer(model, name)
         return names
 
-    def _explainer_on(self, batch: EvalBatch, original: nn.Module, randomized: nn.Module):
-        method = batch.extra.get("method") if batch.extra else None
-        if method and batch.bundle is not None:
-            from evalcam.methods import build_explainer
-
-            bundle = dataclasses.replace(batch.bundle, model=randomized)
-            return build_explainer(method["name"], bundle, **dict(method.get("params") or {}))
-        return rebind_explainer(batch.explainer, original, randomized)
-
     def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
         original = batch.explainer.model if batch.explainer is not None else model_of(batch)
         names = self.cascade(original)
         randomized = copy.deepcopy(original).eval()
-        explainer = self._explainer_on(batch, original, randomized)
+        explainer = explainer_on(batch, original, randomized)
         classes = batch.pred_classes[:, 0].to(batch.inputs.device)
         reference = batch.pred_maps[:, 0]
         sums = torch.zeros(MAX_STEPS, dtype=torch.float64)
@@ -181,7 +185,7 @@ class CascadingRandomization(Metric):
         self.degenerate = self.degenerate + degenerate.to(self.device)
         self.name_codes = self.name_codes + encode_names(names).to(self.device)
         self.batches = self.batches + 1
-        return [{"sanity.spearman": values, "sanity.layers": list(names)} for values in per_image]
+        return [self.record(spearman=values, layers=list(names)) for values in per_image]
 
     def layer_names(self) -> list[str] | None:
         """Names of the cascade steps, read back from the state (None if batches disagreed)."""
@@ -198,9 +202,9 @@ class CascadingRandomization(Metric):
         out: dict[str, Aggregation] = {}
         for key in keys:
             if key == "final_spearman":
-                out[key] = Mean("sanity.spearman", item=-1)
+                out[key] = Mean(self.column("spearman"), item=-1)
             elif key.startswith("step_") and key[5:7].isdigit():
-                out[key] = Mean("sanity.spearman", item=int(key[5:7]) - 1)
+                out[key] = Mean(self.column("spearman"), item=int(key[5:7]) - 1)
         return out
 
     def compute(self) -> dict[str, float]:

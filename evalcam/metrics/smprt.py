@@ -34,7 +34,7 @@ from torch import nn
 
 from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
-from evalcam.metrics.randomization import ORDERS, SCHEMES, explainer_on, randomization_steps
+from evalcam.metrics.randomization import ORDERS, SCHEMES, model_explainer, randomization_steps
 from evalcam.metrics.reexplain import copy_noise, reexplain, require_eval
 from evalcam.metrics.sanity import MAX_STEPS
 from evalcam.metrics.stats import flat_maps, spearman
@@ -82,7 +82,7 @@ class SmoothMPRT(Metric):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, H, W]`` denoised absolute maps of ``classes`` on ``model`` at input size, and ``[B]``
         whether each is flat (constant or non-finite) at the method's own resolution."""
-        explainer = explainer_on(batch, model) if model is not batch.explainer.model else batch.explainer
+        explainer = model_explainer(batch, model) if model is not batch.explainer.model else batch.explainer
         inputs = batch.inputs
         dims = tuple(range(1, inputs.ndim))
         sigma = self.noise * (inputs.amax(dims) - inputs.amin(dims))
@@ -155,12 +155,12 @@ class SmoothMPRT(Metric):
         self.mean_sum = self.mean_sum + sum(sum(v) / len(v) for v in per_image)
         self.images = self.images + len(per_image)
         return [
-            {
-                f"{self.name}.spearman": values,
-                f"{self.name}.layers": list(names),
-                f"{self.name}.final_spearman": values[-1],
-                f"{self.name}.mean_spearman": sum(values) / len(values),
-            }
+            self.record(
+                spearman=values,
+                layers=list(names),
+                final_spearman=values[-1],
+                mean_spearman=sum(values) / len(values),
+            )
             for values in per_image
         ]
 

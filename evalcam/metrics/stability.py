@@ -26,7 +26,7 @@ import torch
 
 from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
-from evalcam.metrics.perturb import normalization
+from evalcam.metrics.perturbed_scores import normalization
 from evalcam.metrics.reexplain import NOISES, copy_noise, reexplain, require_eval
 from evalcam.metrics.stats import flat_maps
 
@@ -141,12 +141,10 @@ class SampledStability(Metric):
         measured = (kept > 0) & ~flat
         records: list[dict[str, Any]] = []
         for i in range(n):
-            rec: dict[str, Any] = {
-                f"{self.name}.changed_predictions": float(changed_per_image[i]) / copies_per_image
-            }
+            rec: dict[str, Any] = {"changed_predictions": float(changed_per_image[i]) / copies_per_image}
             if bool(measured[i]):
-                rec[f"{self.name}.score"] = float(best[i])
-            records.append(rec)
+                rec["score"] = float(best[i])
+            records.append(self.record(rec))
         self.score_sum = self.score_sum + float(best[measured].sum())
         self.measured = self.measured + float(measured.sum())
         self.images = self.images + n

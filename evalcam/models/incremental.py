@@ -17,6 +17,9 @@ operation not listed above (global pooling, reshapes, linear layers, ...), the f
 from the cache and the rest of the network runs as usual, on all windows at once. The result is the
 same network function evaluated on the same inputs, equal to a plain forward up to float round-off of
 different kernel tilings.
+
+Its sibling :mod:`evalcam.models.graph_tail` re-runs, for an edit of one *layer's output*, only the graph
+nodes after that layer (Ablation-CAM).
 """
 
 from __future__ import annotations

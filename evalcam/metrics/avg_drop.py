@@ -37,7 +37,7 @@ import torch
 
 from evalcam.maps import normalize, upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
-from evalcam.metrics.perturb import model_of, normalization, scores_of_items
+from evalcam.metrics.perturbed_scores import model_of, normalization, scores_of_items
 from evalcam.metrics.stats import flat_maps
 from evalcam.stats.aggregation import Aggregation, Mean
 
@@ -91,20 +91,20 @@ class AverageDrop(Metric):
         self.images = self.images + len(y)
         self.degenerate = self.degenerate + degenerate.sum().to(self.device)
         return [
-            {
-                "avg_drop.y": float(a),
-                "avg_drop.o": float(b),
-                "avg_drop.drop": float(d),
-                "avg_drop.increase": bool(i),
-            }
+            self.record(
+                y=float(a),
+                o=float(b),
+                drop=float(d),
+                increase=bool(i),
+            )
             for a, b, d, i in zip(y.tolist(), o.tolist(), drop.tolist(), increase.tolist(), strict=True)
         ]
 
     def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
         # Both are percentages of per-image quantities: the drop ratio and the increase flag.
         known = {
-            "avg_drop": Mean("avg_drop.drop", scale=100.0),
-            "increase_conf": Mean("avg_drop.increase", scale=100.0),
+            "avg_drop": Mean(self.column("drop"), scale=100.0),
+            "increase_conf": Mean(self.column("increase"), scale=100.0),
         }
         return {k: known[k] for k in keys if k in known}
 

@@ -1,11 +1,12 @@
 """Weak localization, the Grad-CAM paper's protocol (Selvaraju et al., ICCV 2017, Sec. 4.1, Table 1).
 
-For each of the network's top-5 predicted classes: take that class's map, upsample it bilinearly to the
-image, keep pixels >= ``threshold`` (15%) of the map's maximum, take the single largest 8-connected
-segment and its bounding box. Following the ILSVRC localization challenge that Table 1 reports:
+For each of the network's top-k predicted classes (``topk``, 5 as in the paper): take that class's map,
+upsample it bilinearly to the image, keep pixels >= ``threshold`` (15%) of the map's maximum, take the
+single largest 8-connected segment and its bounding box. Following the ILSVRC localization challenge
+that Table 1 reports:
 
 - top-1 cls error: the top-1 class is not a ground-truth class of the image;
-- top-5 cls error: none of the top-5 classes is;
+- top-5 cls error: none of the top-5 classes is (``top{k}_*`` keys for another ``topk``);
 - top-1 loc error: not (top-1 class correct and its box has IoU >= ``iou`` with some ground-truth box
   of that class);
 - top-5 loc error: that holds for none of the top-5 predictions.
@@ -13,7 +14,7 @@ segment and its bounding box. Following the ILSVRC localization challenge that T
 A map with no signal (all <= 0, NaN/Inf anywhere, or constant as the method returned it, e.g. a 1x1 map
 from a layer after global pooling) yields no box: it counts as a localization failure and is counted in
 ``degenerate_maps``. Boxes are computed only where they can matter: for the top-1 class (always, it is
-recorded) and for top-5 classes that are ground-truth classes.
+recorded) and for top-k classes that are ground-truth classes.
 """
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ class WeakLocalization(Metric):
         super().__init__(device)
         self.threshold, self.iou, self.topk = float(threshold), float(iou), int(topk)
         self.pred_topk = self.topk
+        # The top-k keys are named after k, so a run with another topk never logs them as top-5 numbers.
+        self.top = f"top{self.topk}"
+        self.higher_is_better = {
+            "top1_loc_error": False,
+            f"{self.top}_loc_error": False,
+            "top1_cls_error": False,
+            f"{self.top}_cls_error": False,
+        }
         for state in ("images", "top1_cls", "topk_cls", "top1_loc", "topk_loc", "degenerate"):
             self.add_state(state, torch.zeros((), dtype=torch.float64))
 
@@ -93,29 +102,31 @@ class WeakLocalization(Metric):
             ):
                 setattr(self, state, getattr(self, state) + float(value))
             records.append(
-                {
-                    "weak_loc.top1_box": list(boxes[0]) if boxes[0] is not None else None,
-                    "weak_loc.top1_iou": ious[0],
-                    "weak_loc.top1_cls_ok": hits_cls[0],
-                    "weak_loc.top5_cls_ok": any(hits_cls),
-                    "weak_loc.top1_loc_ok": top1_loc,
-                    "weak_loc.top5_loc_ok": topk_loc,
-                }
+                self.record(
+                    {
+                        "top1_box": list(boxes[0]) if boxes[0] is not None else None,
+                        "top1_iou": ious[0],
+                        "top1_cls_ok": hits_cls[0],
+                        f"{self.top}_cls_ok": any(hits_cls),
+                        "top1_loc_ok": top1_loc,
+                        f"{self.top}_loc_ok": topk_loc,
+                    }
+                )
             )
         return records
 
     def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
         # Errors are 1 - the per-image success rate the records hold.
-        column = {k: f"weak_loc.{k.replace('_error', '_ok')}" for k in self.higher_is_better}
+        column = {k: self.column(k.replace("_error", "_ok")) for k in self.higher_is_better}
         return {k: Mean(column[k], scale=-1.0, offset=1.0) for k in keys if k in column}
 
     def compute(self) -> dict[str, float]:
         n = self.images
         return {
             "top1_loc_error": 1 - safe_ratio(self.top1_loc, n),
-            "top5_loc_error": 1 - safe_ratio(self.topk_loc, n),
+            f"{self.top}_loc_error": 1 - safe_ratio(self.topk_loc, n),
             "top1_cls_error": 1 - safe_ratio(self.top1_cls, n),
-            "top5_cls_error": 1 - safe_ratio(self.topk_cls, n),
+            f"{self.top}_cls_error": 1 - safe_ratio(self.topk_cls, n),
             "images": float(n),
             "degenerate_maps": float(self.degenerate),
         }

@@ -13,6 +13,9 @@ once per forward pass has no single cut. Both give ``None`` and the caller falls
 whole model. :meth:`PreparedTail.verify` also re-checks, on the batch at hand, that the tail applied to the
 unedited output reproduces the model's own logits; a tail that captured a batch-size-dependent value (an
 ``x.size(0)`` taken before the cut) fails that check instead of returning wrong scores.
+
+Its sibling :mod:`evalcam.models.incremental` cuts the other way: it re-runs, for an edit of the *input*,
+only the receptive-field cone of the edited pixels (occlusion, compact deletion steps).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ their score is constant, class-specific maps are flat and the pointing game coun
 Use with any ImageNet model that has a GAP+FC head: ``model.head=proxy`` takes the dataset's label space
 (``python -m evalcam run dataset=voc2007 metrics=[pointing] model.head=proxy``); or through ``model=custom``::
 
-    model=custom model.params._target_=evalcam.proxy_heads.proxy_model \
+    model=custom model.params._target_=evalcam.models.proxy_heads.proxy_model \
         +model.params.base=efficientnet_lite0 +model.params.label_space=voc model.target_layer=head_act
 """
 

@@ -27,8 +27,8 @@ from evalcam.methods.base import (
     resolve_targets,
 )
 from evalcam.methods.cam import LinearHeadProbe
-from evalcam.methods.graph_tail import GraphTail, PreparedTail
 from evalcam.methods.hooks import forward_hooks
+from evalcam.models.graph_tail import GraphTail, PreparedTail
 from evalcam.models.layers import resolve_layer
 
 
@@ -214,7 +214,7 @@ class AblationCAM(CAMExplainer):
     - ``"graph"``: the same without a hand-written tail: the model is traced with ``torch.fx`` and only the
       graph nodes that depend on the target layer are evaluated on the ablated copies, the values they
       read from before the layer (skip connections) computed once per batch
-      (:mod:`evalcam.methods.graph_tail`). Checked on every batch: the cut graph must give back the
+      (:mod:`evalcam.models.graph_tail`). Checked on every batch: the cut graph must give back the
       model's logits on unablated copies.
     - ``"rerun"``: last resort for models ``torch.fx`` cannot trace: the whole model re-runs on chunks of
       ablated copies while a forward hook substitutes the target layer's output.

@@ -42,7 +42,7 @@ from evalcam.maps import upsample
 from evalcam.methods.occlusion import use_incremental
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
 from evalcam.metrics.local_steps import stepped_scores
-from evalcam.metrics.perturb import class_scores, fill_value, model_of, normalization
+from evalcam.metrics.perturbed_scores import class_scores, fill_value, model_of, normalization
 from evalcam.metrics.stats import flat_maps
 
 
@@ -207,9 +207,8 @@ class CausalMetric(Metric):
         self.auc_sum = self.auc_sum + auc.sum().to(self.device)
         self.images = self.images + len(auc)
         self.degenerate = self.degenerate + degenerate.sum().to(self.device)
-        key = self.name
         return [
-            {f"{key}.auc": float(a), f"{key}.score_start": float(s[0]), f"{key}.score_end": float(s[-1])}
+            self.record(auc=float(a), score_start=float(s[0]), score_end=float(s[-1]))
             for a, s in zip(auc.tolist(), scores.tolist(), strict=True)
         ]
 
