@@ -237,6 +237,20 @@ def log_figure(path: Path, tracking_uri: str | None, experiment: str, run_name: 
         return run.info.run_id
 
 
+def family_representatives(bundle) -> list[str]:
+    """One column per method family: its first registered method that is not expensive (a forward per
+    channel or more) and can run on the bundle's model (attention methods need attention layers)."""
+    from evalcam.methods import METHODS
+
+    chosen: dict[str, str] = {}
+    for name, record in METHODS.items():
+        if record.family not in chosen and not record.expensive and record.cls.applies_to(bundle.model):
+            if record.family == "activation-cam" and name == "cam" and not bundle.classifier:
+                continue  # CAM needs a GAP+FC head
+            chosen[record.family] = name
+    return list(chosen.values())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m evalcam figure figure1|grid ...`` (see ``--help``)."""
     import argparse
@@ -258,7 +272,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--classes", default=None, help="figure1: two classes, names or indices, comma-separated"
     )
-    parser.add_argument("--methods", default="gradcam,gradcampp,cam,ablationcam,guided_backprop,center")
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated methods (default: the first affordable method of each family that runs on "
+        "the model, from the method records)",
+    )
     parser.add_argument("--limit", type=int, default=4, help="grid: number of images (rows)")
     parser.add_argument("--out", default=None, help="PNG path (default: reports/figures/<kind>_<model>.png)")
     parser.add_argument("--mlflow", action="store_true", help="also log the PNG to MLflow")
@@ -284,7 +303,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         dataset = build_dataset(args.dataset, limit=args.limit, **kwargs)
         samples = [_find_sample(dataset, image_id) for image_id in dataset.ids[: args.limit]]
-        path = render_method_grid(bundle, samples, [m for m in args.methods.split(",") if m], out)
+        methods = (
+            [m for m in args.methods.split(",") if m] if args.methods else family_representatives(bundle)
+        )
+        path = render_method_grid(bundle, samples, methods, out)
     print(path)
     if args.mlflow:
         run_id = log_figure(

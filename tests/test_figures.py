@@ -58,3 +58,26 @@ def test_figure_command_writes_png_and_logs_it_to_mlflow(tmp_path, capsys):
     run_id = capsys.readouterr().out.split("MLflow run ")[1].split()[0]
     artifacts = [a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id, "figures")]
     assert artifacts == ["figures/grid.png"]
+
+
+def test_grid_default_columns_come_from_the_method_records(lite0):
+    from evalcam.figures import family_representatives
+    from evalcam.methods import METHODS
+
+    names = family_representatives(lite0)
+    families = [METHODS[n].family for n in names]
+    assert len(families) == len(set(families))  # one column per family
+    assert {"gradient-cam", "input-gradient", "baseline"} <= set(families)
+    assert not any(METHODS[n].expensive for n in names)
+    assert "attention_rollout" not in names and "transformer_attribution" not in names  # a CNN
+
+
+def test_readme_methods_table_lists_every_registered_method():
+    from pathlib import Path
+
+    from evalcam.methods import METHODS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("## Methods (`method=`)") :].split("\n\n")[1]
+    missing = [name for name in METHODS if f"`{name}`" not in table]
+    assert not missing, f"README's methods table lacks {missing}"
