@@ -1,14 +1,31 @@
-"""Shared fixtures. Real data lives in ../shared/data (never in this repo); tests that need it skip
-with a reason when it is absent."""
+"""Shared fixtures and the one home of the test helpers: toy networks, ``EvalBatch`` builders, Hydra
+config builders and the CLI runner. Test files import them with ``from conftest import ...``.
+
+Real data lives in ../shared/data (never in this repo); tests that need it skip with a reason when it is
+absent."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+from torch import nn
+
+from evalcam.data.types import Sample
+from evalcam.maps import upsample
+from evalcam.methods.base import Explainer
+from evalcam.methods.gradcam import GradCAM
+from evalcam.metrics.base import EvalBatch, explain_batch
+from evalcam.models.bundle import ModelBundle, Preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EVALCAM_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -78,3 +95,191 @@ def photos() -> dict[str, torch.Tensor]:
         "china": "sklearn:china.jpg",
     }
     return {name: uint8_rgb(load_source(src)) for name, src in sources.items()}
+
+
+# --- toy networks ---------------------------------------------------------------------------------------
+# Weights are drawn when the network is built, from a fixed seed, so every test sees the same numbers.
+
+
+class LinearToy(nn.Module):
+    """logits[k] = <weights[k], x>: every perturbation's effect on a score is known in closed form.
+    ``trainable`` only decides whether the weights take gradients (inputs always can)."""
+
+    def __init__(self, weights: torch.Tensor, trainable: bool = False) -> None:
+        super().__init__()
+        self.weights = nn.Parameter(weights, requires_grad=trainable)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bchw,kchw->bk", x, self.weights)
+
+
+class TinyNet(nn.Module):
+    """conv1 -> act1 -> conv2 (stride 2) -> act2 -> GAP -> fc, weights from ``torch.manual_seed(0)``; the
+    Grad-CAM layer is ``act2``. ``spare`` adds an unused last layer (the sanity check's cascade randomizes
+    it first, and re-initializing it cannot change any map)."""
+
+    def __init__(self, classes: int = 4, spare: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, stride=2)
+        self.act2 = nn.ReLU()
+        self.fc = nn.Linear(8, classes)
+        if spare:
+            self.spare = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act2(self.conv2(self.act1(self.conv1(x)))).mean((2, 3)))
+
+
+class ConvToy(nn.Module):
+    """conv (3x3) -> act -> GAP -> fc. Weights: the default initialisation after ``torch.manual_seed(0)``,
+    or, with ``gaussian_scale``, N(0, scale^2) draws from a private generator seeded 0 (global RNG untouched
+    by the draws)."""
+
+    def __init__(
+        self, width: int = 6, classes: int = 5, stride: int = 1, gaussian_scale: float | None = None
+    ) -> None:
+        super().__init__()
+        if gaussian_scale is None:
+            torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, width, 3, padding=1, stride=stride)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(width, classes)
+        if gaussian_scale is not None:
+            generator = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.copy_(torch.randn(p.shape, generator=generator) * gaussian_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+
+# --- EvalBatch builders ---------------------------------------------------------------------------------
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def blank_samples(n: int, size: Sequence[int], id_prefix: str = "img") -> list[Sample]:
+    """``n`` samples with black uint8 images of ``size`` (h, w), ids ``f"{id_prefix}{i}"`` (seeded metrics
+    derive their per-image seed from the id)."""
+    return [
+        Sample(image=torch.zeros(3, *size, dtype=torch.uint8), image_id=f"{id_prefix}{i}", labels=[])
+        for i in range(n)
+    ]
+
+
+def toy_bundle(
+    model: nn.Module,
+    size: Sequence[int],
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+    target_layer: str = "",
+) -> ModelBundle:
+    return ModelBundle(
+        model=model.eval(),
+        name="toy",
+        target_layer=target_layer,
+        preprocess=Preprocess(tuple(size), mean, std),
+    )
+
+
+def make_batch(
+    model: nn.Module | ModelBundle,
+    inputs: torch.Tensor,
+    classes,
+    maps: torch.Tensor,
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+    id_prefix: str = "img",
+) -> EvalBatch:
+    """A batch with given maps of given classes (no explainer): one map per image, logits of ``model``.
+    ``model`` may be a ready :class:`ModelBundle` (then ``mean``/``std`` are its own)."""
+    n = inputs.shape[0]
+    bundle = model if isinstance(model, ModelBundle) else toy_bundle(model, inputs.shape[-2:], mean, std)
+    return EvalBatch(
+        samples=blank_samples(n, inputs.shape[-2:], id_prefix),
+        inputs=inputs,
+        logits=bundle.model(inputs).detach(),
+        pred_classes=torch.as_tensor(classes).view(n, 1),
+        pred_maps=maps.reshape(n, 1, *maps.shape[-2:]).float(),
+        explainer=None,
+        bundle=bundle,
+    )
+
+
+def tiny_batch(
+    n: int = 3,
+    size: int = 16,
+    explainer: Explainer | None = None,
+    model: nn.Module | None = None,
+    id_prefix: str = "img",
+    extra: dict | None = None,
+) -> EvalBatch:
+    """``n`` N(0, 1) inputs (generator seed 2) explained on :class:`TinyNet` (or ``model``) by Grad-CAM at
+    ``act2`` (or ``explainer``), top-1 class."""
+    model = (model or TinyNet()).eval()
+    bundle = ModelBundle(
+        model=model, name="tiny", target_layer="act2", preprocess=Preprocess((size, size), MEAN, STD)
+    )
+    inputs = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(2))
+    explainer = explainer or GradCAM(model, "act2")
+    samples = blank_samples(n, (size, size), id_prefix)
+    batch = explain_batch(samples, inputs, bundle, explainer, topk=1, need_gt=False)
+    return dataclasses.replace(batch) if extra is None else dataclasses.replace(batch, extra=extra)
+
+
+def quantus_explain(model: nn.Module, inputs, targets, **_kwargs) -> np.ndarray:
+    """Quantus' ``explain_func``: evalcam's Grad-CAM of ``targets`` on ``model``, at input resolution."""
+    x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
+    maps = GradCAM(model, "act2").explain(x, torch.as_tensor(np.asarray(targets)).long()).maps[:, 0]
+    return upsample(maps, tuple(x.shape[-2:]))[:, None].numpy()
+
+
+# --- configs and the command line -----------------------------------------------------------------------
+
+
+def compose_config(*overrides: str) -> dict:
+    """The run configuration Hydra composes from ``evalcam.conf`` with ``overrides``, resolved."""
+    with initialize_config_module(config_module="evalcam.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def make_config(tmp_path: Path, *overrides: str) -> dict:
+    """A CPU run writing under ``tmp_path`` (runs/ and an SQLite MLflow store), no progress bar."""
+    return compose_config(
+        f"output_dir={tmp_path / 'runs'}",
+        f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "progress=false",
+        "device=cpu",
+        *overrides,
+    )
+
+
+def config_for(output: Path, *overrides: str) -> dict:
+    """A run writing to ``output`` without MLflow, progress bar or example figures."""
+    return compose_config(
+        f"output_dir={output}", "mlflow=false", "progress=false", "n_examples=0", *overrides
+    )
+
+
+def cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m evalcam ARGS`` in a child process (one thread), output captured."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "evalcam", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        env=environment,
+        timeout=300,
+    )
+
+
+def last_line(done: subprocess.CompletedProcess) -> str:
+    return done.stderr.strip().splitlines()[-1]
