@@ -10,61 +10,17 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import Occlusion
+from conftest import ConvToy, LinearToy, make_batch, toy_bundle
 from torch import nn
 
-from evalcam.data.types import Sample
 from evalcam.methods.occlusion import occlusion_boxes, patch_origins
-from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.causal import Deletion, Insertion, blur, curve_auc, gaussian_kernel, saliency_rank
 from evalcam.metrics.confidence import AverageDrop, masked_inputs
 from evalcam.metrics.faithfulness import OcclusionFaithfulness, occlusion_map
-from evalcam.models.bundle import ModelBundle, Preprocess
-
-
-class LinearToy(nn.Module):
-    """logits[k] = <weights[k], x>: every perturbation's effect on a score is known in closed form."""
-
-    def __init__(self, weights: torch.Tensor) -> None:
-        super().__init__()
-        self.weights = nn.Parameter(weights, requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bchw,kchw->bk", x, self.weights)
-
-
-class ConvToy(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 6, 3, padding=1)
-        self.act = nn.ReLU()
-        self.fc = nn.Linear(6, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.act(self.conv(x)).mean((2, 3)))
-
-
-def _bundle(model, size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
-    return ModelBundle(
-        model=model.eval(), name="toy", target_layer="", preprocess=Preprocess(size, mean, std)
-    )
 
 
 def _batch(bundle, inputs, classes, maps):
-    n = inputs.shape[0]
-    samples = [
-        Sample(image=torch.zeros(3, *inputs.shape[-2:], dtype=torch.uint8), image_id=str(i), labels=[])
-        for i in range(n)
-    ]
-    return EvalBatch(
-        samples=samples,
-        inputs=inputs,
-        logits=bundle.model(inputs).detach(),
-        pred_classes=torch.tensor(classes).view(n, 1),
-        pred_maps=maps.view(n, 1, *maps.shape[-2:]),
-        explainer=None,
-        bundle=bundle,
-    )
+    return make_batch(bundle, inputs, classes, maps, id_prefix="")
 
 
 # --- occlusion -------------------------------------------------------------------------------------------
@@ -102,7 +58,7 @@ def test_occlusion_map_equals_captum_occlusion(incremental):
 def test_faithfulness_is_one_for_the_occlusion_map_itself_and_minus_one_reversed():
     weights = torch.zeros(2, 3, 4, 4)
     weights[0, 0, :2, :2] = 1.0  # class 0 reads the top-left block
-    bundle = _bundle(LinearToy(weights), (4, 4))
+    bundle = toy_bundle(LinearToy(weights), (4, 4))
     inputs = torch.ones(2, 3, 4, 4)
     truth = torch.zeros(4, 4)
     truth[:2, :2] = 1.0
@@ -115,7 +71,7 @@ def test_faithfulness_is_one_for_the_occlusion_map_itself_and_minus_one_reversed
 def test_faithfulness_degenerate_map_scores_zero():
     weights = torch.zeros(2, 3, 4, 4)
     weights[0, 0, :2, :2] = 1.0
-    bundle = _bundle(LinearToy(weights), (4, 4))
+    bundle = toy_bundle(LinearToy(weights), (4, 4))
     metric = OcclusionFaithfulness(patch_size=2, stride=2)
     metric.update(_batch(bundle, torch.ones(1, 3, 4, 4), [0], torch.zeros(1, 4, 4)))
     out = metric.compute()
@@ -137,7 +93,7 @@ def _single_channel_toy(values):
     weights[0, 0] = 1.0  # logit = sum of channel 0
     x = torch.zeros(1, 3, 2, 2)
     x[0, 0] = torch.tensor(values)
-    return _bundle(LinearToy(weights), (2, 2)), x
+    return toy_bundle(LinearToy(weights), (2, 2)), x
 
 
 def test_deletion_curve_on_a_linear_model():
@@ -200,7 +156,7 @@ def test_deletion_and_insertion_match_the_rise_loop(mode):
     x = torch.randn(2, 3, 12, 12, generator=g)
     maps = torch.rand(2, 12, 12, generator=g)  # continuous values: no ties, so the orders agree exactly
     classes = model(x).argmax(1).tolist()
-    bundle = _bundle(model, (12, 12))
+    bundle = toy_bundle(model, (12, 12))
     metric = Deletion(step=10, chunk_size=9) if mode == "del" else Insertion(step=10, chunk_size=9)
     records = metric.update(_batch(bundle, x, classes, maps))
     substrate = torch.zeros_like if mode == "del" else _rise_blur
@@ -234,7 +190,7 @@ def test_average_drop_and_increase_in_confidence_by_hand():
     weights = torch.zeros(2, 3, 2, 2)
     weights[0, 0] = 1.0  # logit0 = sum(channel 0) - 0.25 sum(channel 1); logit1 = 0
     weights[0, 1] = -0.25
-    bundle = _bundle(LinearToy(weights), (2, 2))
+    bundle = toy_bundle(LinearToy(weights), (2, 2))
     x = torch.zeros(2, 3, 2, 2)
     x[0, 0] = 0.5  # Y = s(2); keeping one pixel: O = s(0.5) -> drop
     x[1, 0] = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
@@ -283,7 +239,7 @@ def test_merged_halves_equal_one_accumulator(make):
     x = torch.randn(4, 3, 8, 8, generator=g)
     maps = torch.rand(4, 4, 4, generator=g)
     classes = model(x).argmax(1).tolist()
-    bundle = _bundle(model, (8, 8))
+    bundle = toy_bundle(model, (8, 8))
     whole, first, second = make(), make(), make()
     whole.update(_batch(bundle, x, classes, maps))
     first.update(_batch(bundle, x[:2], classes[:2], maps[:2]))
@@ -306,7 +262,7 @@ def test_occlusion_cache_is_shared_across_methods_and_keyed_on_model_and_input(t
 
     monkeypatch.setattr(faithfulness, "occlusion_map", counting)
     model = ConvToy().eval()
-    bundle = _bundle(model, (10, 10))
+    bundle = toy_bundle(model, (10, 10))
     x = torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(7))
     maps_a = torch.rand(2, 5, 5, generator=torch.Generator().manual_seed(8))
     maps_b = torch.rand(2, 5, 5, generator=torch.Generator().manual_seed(9))
