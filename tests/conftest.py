@@ -210,6 +210,55 @@ def make_batch(
     )
 
 
+def box_sample(image_id: str, cls: int, box: Sequence[float], size: tuple[int, int] = (20, 20)) -> Sample:
+    """A black ``size`` image labelled ``cls`` with one non-difficult box [x0, y0, x1, y1] (inclusive)."""
+    return Sample(
+        image=torch.zeros(3, *size, dtype=torch.uint8),
+        image_id=image_id,
+        labels=[cls],
+        boxes={cls: torch.tensor([box], dtype=torch.float32)},
+        difficult={cls: torch.tensor([False])},
+        orig_size=size,
+    )
+
+
+def map_batch(
+    samples: list[Sample],
+    *,
+    pred_classes=None,
+    pred_maps: torch.Tensor | None = None,
+    gt_classes=None,
+    gt_maps: torch.Tensor | None = None,
+    inputs_size: tuple[int, int] = (8, 8),
+    num_classes: int = 10,
+) -> EvalBatch:
+    """A batch of given maps without a model (zero inputs and logits), for metrics that only read maps and
+    annotations. Unset predictions are one class-0 map of 2 x 2 zeros per image."""
+    n = len(samples)
+    ground_truth = {}
+    if gt_classes is not None:
+        ground_truth["gt_classes"] = torch.as_tensor(gt_classes)
+    if gt_maps is not None:
+        ground_truth["gt_maps"] = gt_maps
+    return EvalBatch(
+        samples=samples,
+        inputs=torch.zeros(n, 3, *inputs_size),
+        logits=torch.zeros(n, num_classes),
+        pred_classes=torch.zeros(n, 1, dtype=torch.long)
+        if pred_classes is None
+        else torch.as_tensor(pred_classes),
+        pred_maps=torch.zeros(n, 1, 2, 2) if pred_maps is None else pred_maps,
+        explainer=None,
+        bundle=None,
+        **ground_truth,
+    )
+
+
+def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of two maps' values."""
+    return float(torch.corrcoef(torch.stack([a.flatten().float(), b.flatten().float()]))[0, 1])
+
+
 def tiny_batch(
     n: int = 3,
     size: int = 16,
@@ -283,3 +332,33 @@ def cli(
 
 def last_line(done: subprocess.CompletedProcess) -> str:
     return done.stderr.strip().splitlines()[-1]
+
+
+# --- a small run and its reference numbers (faults, storage) ---------------------------------------------
+
+IMAGES = 3
+OVERRIDES = ("device=cpu", "mlflow=false", "n_examples=0", "progress=false", "batch_size=1")
+
+
+def small_run_config(output: Path, *overrides: str) -> dict:
+    """A run of the first ``IMAGES`` sample images, one per batch, writing to ``output``, no MLflow."""
+    return compose_config(*OVERRIDES, f"dataset.limit={IMAGES}", f"output_dir={output}", *overrides)
+
+
+def parts(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "per_image").glob("part-*.parquet"))
+
+
+def assert_same_numbers(got: dict[str, float], want: dict[str, float]) -> None:
+    assert set(got) == set(want)
+    for key, value in want.items():
+        if key != "run/seconds":
+            assert got[key] == pytest.approx(value, abs=1e-9), key
+
+
+@pytest.fixture(scope="session")
+def small_reference(tmp_path_factory) -> dict[str, float]:
+    """The numbers of an uninterrupted :func:`small_run_config` run."""
+    from evalcam.runner import run
+
+    return run(small_run_config(tmp_path_factory.mktemp("reference") / "runs")).metrics
