@@ -10,7 +10,7 @@ import dataclasses
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from evalcam.data.types import Sample
 from evalcam.maps import upsample
 from evalcam.methods.base import Explainer
 from evalcam.methods.gradcam import GradCAM
-from evalcam.metrics.base import EvalBatch, explain_batch
+from evalcam.metrics.base import EvalBatch, Metric, explain_batch
 from evalcam.models.bundle import ModelBundle, Preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,6 +257,24 @@ def map_batch(
 def corr(a: torch.Tensor, b: torch.Tensor) -> float:
     """Pearson correlation of two maps' values."""
     return float(torch.corrcoef(torch.stack([a.flatten().float(), b.flatten().float()]))[0, 1])
+
+
+def assert_merged_halves_equal_one_accumulator(make: Callable[[], Metric]) -> None:
+    """Two accumulators fed one half of a batch each, merged, give what one fed the whole batch gives."""
+    model = ConvToy().eval()
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 3, 8, 8, generator=g)
+    maps = torch.rand(4, 4, 4, generator=g)
+    classes = model(x).argmax(1).tolist()
+    bundle = toy_bundle(model, (8, 8))
+    whole, first, second = make(), make(), make()
+    whole.update(make_batch(bundle, x, classes, maps, id_prefix=""))
+    first.update(make_batch(bundle, x[:2], classes[:2], maps[:2], id_prefix=""))
+    second.update(make_batch(bundle, x[2:], classes[2:], maps[2:], id_prefix=""))
+    first.merge(second)
+    merged, single = first.compute(), whole.compute()
+    assert merged.keys() == single.keys()
+    assert all(merged[k] == pytest.approx(single[k], abs=1e-9) for k in merged)
 
 
 def tiny_batch(
