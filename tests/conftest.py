@@ -18,6 +18,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
+from PIL import Image
 from torch import nn
 
 from evalcam.data.types import Sample
@@ -95,6 +96,12 @@ def photos() -> dict[str, torch.Tensor]:
         "china": "sklearn:china.jpg",
     }
     return {name: uint8_rgb(load_source(src)) for name, src in sources.items()}
+
+
+def jpeg(path: Path, width: int = 60, height: int = 40, colour=(90, 120, 150)) -> Path:
+    """A plain-colour JPEG file at ``path``."""
+    Image.new("RGB", (width, height), colour).save(path, quality=90)
+    return path
 
 
 # --- toy networks ---------------------------------------------------------------------------------------
