@@ -1,4 +1,5 @@
-"""Image decoding edge cases, unreadable files, subsets, and the dataset configs under conf/dataset."""
+"""Image decoding edge cases, unreadable files, subsets, and the dataset configs under conf/dataset; huge
+images and decompression bombs built in tmp_path."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""COCO loader on the shared val2017 mini set and on a hand-built COCO file with known answers."""
+"""COCO loader on the shared val2017 mini set and on a hand-built COCO file with known answers;
+bad entries and files that are not instances JSON, built in tmp_path."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""ILSVRC2012 val loader on the shared 227x227 subset, against the metadata parsed independently here."""
+"""ILSVRC2012 val loader on the shared 227x227 subset, against the metadata parsed independently
+here; bad annotations and metadata built in tmp_path and property-based round trips of the parsers."""
 
 from __future__ import annotations
 

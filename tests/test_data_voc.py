@@ -1,4 +1,5 @@
-"""PASCAL VOC2007 loader on the shared subset, checked against the XML parsed independently here."""
+"""PASCAL VOC2007 loader on the shared subset, checked against the XML parsed independently here;
+bad annotations built in tmp_path (fixed or skipped item by item) and property-based parser round trips."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Faults during a run: a full disk, Ctrl-C, a failing MLflow, bad files in the dataset, and configuration
-mistakes. Each ends in one clear line, loses nothing already computed, and a rerun of the same command
-finishes with the numbers of an uninterrupted run."""
+"""Faults during a run (evalcam.runner; a full disk is in test_results.py): Ctrl-C, a failing MLflow, bad
+files in the dataset, and configuration mistakes. Each ends in one clear line, loses nothing already
+computed, and a rerun of the same command finishes with the numbers of an uninterrupted run."""
 
 from __future__ import annotations
 
