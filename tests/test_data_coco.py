@@ -1,17 +1,19 @@
-"""COCO loader on the shared val2017 mini set and on a hand-built COCO file with known answers."""
+"""COCO loader on the shared val2017 mini set and on a hand-built COCO file with known answers;
+bad entries and files that are not instances JSON, built in tmp_path."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import shared_subdir
+from conftest import jpeg, shared_subdir
 from PIL import Image
 
-from evalcam.data import DatasetError, Sample, build_dataset
+from evalcam.data import DatasetError, Sample, SkippedImage, build_dataset
 from evalcam.data.coco import coco_box
 
 MINI = "coco_val2017_mini"
@@ -160,3 +162,57 @@ def test_layout_errors(tmp_path):
     (tmp_path / "annotations" / "instances_val2017.json").write_text("{not json")
     with pytest.raises(DatasetError, match="malformed"):
         build_dataset("coco2017", root=tmp_path)
+
+
+# --- bad images and annotations built in tmp_path: fixed or skipped with a reason, never a traceback ---
+
+
+def test_coco_bad_entries_are_dropped_with_warnings(tmp_path, caplog):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "val2017").mkdir()
+    for name in ("a", "b", "c"):
+        jpeg(tmp_path / "val2017" / f"{name}.jpg")
+    images = [{"id": i, "file_name": f"{n}.jpg", "height": 40, "width": 60} for i, n in enumerate("abcd", 1)]
+    images.append({"id": 9})  # no file_name
+    good = {"segmentation": [[10, 10, 20, 10, 20, 20, 10, 20]], "iscrowd": 0}
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [50.0, 30.0, 20.0, 20.0], **good},  # overflows
+        {"id": 2, "image_id": 1, "category_id": 2, "bbox": [5.0, 5.0, 0.0, 3.0], **good},  # zero area
+        {"id": 3, "image_id": 1, "category_id": 77, "bbox": [1.0, 1.0, 3.0, 3.0]},  # unknown category
+        {"id": 4, "image_id": 2, "category_id": 1, "bbox": None, "segmentation": {"counts": 5}},
+        {"id": 5, "image_id": 3, "category_id": 99, "bbox": [1.0, 1.0, 3.0, 3.0]},  # only unknown
+        {"id": 6, "image_id": 4, "category_id": 1, "bbox": [1.0, 1.0, 3.0, 3.0]},  # image file missing
+        {"id": 7, "image_id": 42, "category_id": 1, "bbox": [1.0, 1.0, 3.0, 3.0]},  # image not listed
+    ]
+    categories = [{"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"}]
+    data = {"images": images, "annotations": annotations, "categories": categories}
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        dataset = build_dataset("coco2017", root=tmp_path)
+        assert dataset.ids == ["a", "b", "c", "d"] and dataset.has_masks
+        items = [dataset[i] for i in range(4)]
+    init = " | ".join(r.getMessage() for r in caplog.records)
+    assert "1 image entries without id or file_name" in init and "1 annotations of image ids" in init
+    assert "1 of 4 images listed" in init and "missing" in init
+    a, b, c, d = items
+    assert a.labels == [0, 1] and a.boxes[0].tolist() == [[50.0, 30.0, 59.0, 39.0]] and 1 not in a.boxes
+    assert int(a.masks[1].sum()) > 0  # the zero-area box loses its box, not its mask
+    assert sum("clipped" in w for w in a.warnings) == 1 and sum("zero area" in w for w in a.warnings) == 1
+    assert sum("unknown category_id 77" in w for w in a.warnings) == 1
+    assert b.labels == [0] and b.boxes == {} and any("segmentation unreadable" in w for w in b.warnings)
+    assert isinstance(c, SkippedImage) and "known category" in c.reason
+    assert isinstance(d, SkippedImage) and "missing" in d.reason
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[1, 2]", '{"images": [], "annotations": []}', '{"images": 3, "annotations": [], "categories": []}'],
+)
+def test_coco_file_that_is_not_instances_json_is_one_line_error(tmp_path, text):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "val2017").mkdir()
+    jpeg(tmp_path / "val2017" / "a.jpg")
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(text)
+    with pytest.raises(DatasetError, match="malformed annotation file") as err:
+        build_dataset("coco2017", root=tmp_path)
+    assert "\n" not in str(err.value)

@@ -1,17 +1,22 @@
-"""ILSVRC2012 val loader on the shared 227x227 subset, against the metadata parsed independently here."""
+"""ILSVRC2012 val loader on the shared 227x227 subset, against the metadata parsed independently
+here; bad annotations and metadata built in tmp_path and property-based round trips of the parsers."""
 
 from __future__ import annotations
 
 import csv
 import importlib.util
+import logging
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, shared_subdir
+from conftest import ROOT, jpeg, shared_subdir
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from evalcam.data import DatasetError, Sample, build_dataset
-from evalcam.data.imagenet import ImageNetVal, imagenet_wnids
+from evalcam.data import DatasetError, Sample, SkippedImage, build_dataset
+from evalcam.data.imagenet import ImageNetVal, imagenet_wnids, read_bbox_xml, read_solution_csv
 from evalcam.data.imagenet_classes import imagenet_categories
 
 VAL = "imagenet_val_227/ILSVRC2012_VAL_SET"
@@ -191,3 +196,95 @@ def test_root_layouts_and_errors(tmp_path):
         assert "\n" not in str(err.value) and "ILSVRC2012_val_" in str(err.value)
     with pytest.raises(DatasetError, match="not recognised"):
         build_dataset("imagenet_val", root=shared_subdir(VAL), annotations=tmp_path)
+
+
+# --- bad images and annotations built in tmp_path: fixed or skipped with a reason, never a traceback ---
+
+
+def test_imagenet_bad_annotations(tmp_path, caplog):
+    folder = tmp_path / "val"
+    folder.mkdir()
+    xml = tmp_path / "bbox"
+    xml.mkdir()
+    wnid = imagenet_wnids()[7]
+    texts = {
+        1: f"<annotation><object><name>{wnid}</name><bndbox><xmin>-4</xmin><ymin>0</ymin><xmax>30</xmax>"
+        "<ymax>20</ymax></bndbox></object><object><name>n99999999</name></object>"
+        "<size><width>60</width><height>40</height></size></annotation>",
+        2: "<annotation><object><name>n99999999</name></object></annotation>",
+        3: f"<annotation><object><name>{wnid}</name><bndbox><xmin>a</xmin></bndbox></object></annotation>",
+    }
+    for number, text in texts.items():
+        jpeg(folder / f"ILSVRC2012_val_{number:08d}.JPEG")
+        (xml / f"ILSVRC2012_val_{number:08d}.xml").write_text(text)
+    with caplog.at_level(logging.WARNING):
+        dataset = build_dataset("imagenet_val", root=folder, annotations=xml)
+        one, two, three = (dataset[i] for i in range(3))
+    assert one.labels == [7] and one.boxes[7].tolist() == [[0.0, 0.0, 30.0, 20.0]]
+    assert len(one.warnings) == 2 and "n99999999" in one.warnings[0] and "clipped" in one.warnings[1]
+    assert isinstance(two, SkippedImage) and "synset" in two.reason
+    assert three.labels == [7] and three.boxes == {} and "non-numeric" in three.warnings[0]
+    assert any("1 annotation file(s) unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_imagenet_metadata_errors_name_file_and_line(tmp_path):
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "class_labels.txt").write_text("val/a.JPEG,3\nval/b.JPEG,x\n")
+    (meta / "image_sizes.txt").write_text("val/a.JPEG,10,10\n")
+    (meta / "localization.txt").write_text("val/a.JPEG,1,1,5,5\n")
+    folder = tmp_path / "val"
+    folder.mkdir()
+    jpeg(folder / "a.JPEG")
+    with pytest.raises(DatasetError, match=r"class_labels.txt line 2") as err:
+        build_dataset("imagenet_val", root=folder, annotations=meta)
+    assert "\n" not in str(err.value)
+
+
+synset = st.sampled_from([*imagenet_wnids()[:50], "n00000000", "dog"])
+box = st.tuples(*[st.integers(0, 500)] * 4)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.tuples(synset, st.one_of(st.none(), box)), max_size=4), min_size=1, max_size=4))
+def test_solution_csv_round_trip(tmp_path, rows):
+    """Kaggle rows of ``synset [x0 y0 x1 y1]`` groups: known synsets give labels and boxes, unknown ones a
+    note each, and no row is lost."""
+    lines = ["ImageId,PredictionString"]
+    for i, groups in enumerate(rows):
+        tokens = [t for s, b in groups for t in (s, *(str(v) for v in (b or ())))]
+        lines.append(f"ILSVRC2012_val_{i:08d},{' '.join(tokens)}")
+    path = tmp_path / "LOC_val_solution.csv"
+    path.write_text("\n".join(lines) + "\n")
+    records = read_solution_csv(path)
+    index = {w: i for i, w in enumerate(imagenet_wnids())}
+    assert sorted(records) == [f"ILSVRC2012_val_{i:08d}" for i in range(len(rows))]
+    for i, groups in enumerate(rows):
+        record = records[f"ILSVRC2012_val_{i:08d}"]
+        assert record.labels == {index[s] for s, _ in groups if s in index}
+        assert record.objects == [(index[s], [float(v) for v in b]) for s, b in groups if s in index and b]
+        assert len(record.notes) == sum(s not in index for s, _ in groups)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(synset, st.one_of(st.none(), box)), min_size=1, max_size=4))
+def test_bbox_xml_round_trip(tmp_path, objects):
+    root = ET.Element("annotation")
+    for name, coords in objects:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = name
+        if coords is not None:
+            bnd = ET.SubElement(obj, "bndbox")
+            for key, value in zip(("xmin", "ymin", "xmax", "ymax"), coords, strict=True):
+                ET.SubElement(bnd, key).text = str(value)
+    path = tmp_path / "x.xml"
+    ET.ElementTree(root).write(path)
+    index = {w: i for i, w in enumerate(imagenet_wnids())}
+    if not any(n in index for n, _ in objects):
+        with pytest.raises(ValueError, match="synset"):
+            read_bbox_xml(path)
+        return
+    record = read_bbox_xml(path)
+    assert record.labels == {index[n] for n, _ in objects if n in index}
+    assert record.objects == [(index[n], [float(v) for v in b]) for n, b in objects if n in index and b]
+    assert len(record.notes) == sum(n not in index for n, _ in objects)

@@ -1,16 +1,23 @@
-"""PASCAL VOC2007 loader on the shared subset, checked against the XML parsed independently here."""
+"""PASCAL VOC2007 loader on the shared subset, checked against the XML parsed independently here;
+bad annotations built in tmp_path (fixed or skipped item by item) and property-based parser round trips."""
 
 from __future__ import annotations
 
+import logging
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import shared_subdir
+from conftest import jpeg, shared_subdir
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
 
-from evalcam.data import DatasetError, Sample, build_dataset
-from evalcam.data.voc import VOC_CLASSES
+from evalcam.data import DatasetError, Sample, SkippedImage, build_dataset
+from evalcam.data.voc import VOC_CLASSES, parse_voc_xml
 
 VOC = "voc2007/VOCdevkit/VOC2007"
 
@@ -137,7 +144,6 @@ def test_broken_annotation_is_reported_as_skipped(tmp_path):
 
 def test_resized_copy_gets_rescaled_boxes(tmp_path):
     """A VOC folder whose JPEGs were shrunk after annotation: boxes follow the image."""
-    from PIL import Image
 
     voc = tmp_path / "VOC2007"
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
@@ -168,3 +174,106 @@ def test_voc2012_layout_is_accepted(tmp_path):
     dataset = build_dataset("voc2012", root=Path(tmp_path))
     assert dataset.name == "voc2012" and dataset.ids == ["2008_000001"]
     assert dataset[0].boxes[11].tolist() == [[47.0, 239.0, 194.0, 370.0]]
+
+
+# --- bad images and annotations built in tmp_path: fixed or skipped with a reason, never a traceback ---
+
+
+def voc_object(name: str, box: tuple | None, difficult: int = 0) -> str:
+    bnd = ""
+    if box is not None:
+        bnd = (
+            "<bndbox>"
+            + "".join(f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True))
+            + "</bndbox>"
+        )
+    return f"<object><name>{name}</name><difficult>{difficult}</difficult>{bnd}</object>"
+
+
+def voc_xml(objects: list[str], size: tuple[int, int] | None = (40, 60)) -> str:
+    head = f"<size><width>{size[1]}</width><height>{size[0]}</height></size>" if size else ""
+    return f"<annotation>{head}{''.join(objects)}</annotation>"
+
+
+def build_voc(root: Path, files: dict[str, str]) -> Path:
+    voc = root / "VOCdevkit" / "VOC2007"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (voc / sub).mkdir(parents=True)
+    for image_id, text in files.items():
+        jpeg(voc / "JPEGImages" / f"{image_id}.jpg")
+        (voc / "Annotations" / f"{image_id}.xml").write_text(text)
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("\n".join(files) + "\n")
+    return root
+
+
+def test_voc_bad_annotations_are_fixed_or_skipped_item_by_item(tmp_path, caplog):
+    dog, cat = VOC_CLASSES.index("dog"), VOC_CLASSES.index("cat")
+    root = build_voc(
+        tmp_path,
+        {
+            "good": voc_xml([voc_object("dog", (1, 1, 60, 40))]),
+            "outside": voc_xml([voc_object("dog", (-5, 10, 90, 30))]),  # clipped
+            "inverted": voc_xml([voc_object("dog", (30, 10, 20, 30)), voc_object("cat", (1, 1, 10, 10))]),
+            "garbage": voc_xml([voc_object("dog", (1, "abc", 10, 10))]),
+            "unknown": voc_xml([voc_object("dragon", (1, 1, 9, 9)), voc_object("cat", (2, 2, 9, 9))]),
+            "only_unknown": voc_xml([voc_object("dragon", (1, 1, 9, 9))]),
+            "no_box": voc_xml([voc_object("cat", None)]),
+            "malformed": "<annotation><object><name>dog",
+        },
+    )
+    dataset = build_dataset("voc2007", root=root)
+    with caplog.at_level(logging.WARNING):
+        items = {dataset.ids[i]: dataset[i] for i in range(len(dataset))}
+    assert isinstance(items["good"], Sample) and items["good"].warnings == []
+    assert items["good"].boxes[dog].tolist() == [[0.0, 0.0, 59.0, 39.0]]
+    outside = items["outside"]
+    assert outside.boxes[dog].tolist() == [[0.0, 9.0, 59.0, 29.0]] and "clipped" in outside.warnings[0]
+    inverted = items["inverted"]
+    assert inverted.labels == [cat, dog] and dog not in inverted.boxes  # class kept, box dropped
+    assert len(inverted.warnings) == 1 and "inverted" in inverted.warnings[0]
+    assert items["garbage"].labels == [dog] and items["garbage"].boxes == {}
+    assert "non-numeric" in items["garbage"].warnings[0]
+    assert items["unknown"].labels == [cat] and "dragon" in items["unknown"].warnings[0]
+    assert items["no_box"].labels == [cat] and "no <bndbox>" in items["no_box"].warnings[0]
+    for image_id, why in (("only_unknown", "dragon"), ("malformed", "ParseError")):
+        assert isinstance(items[image_id], SkippedImage) and why in items[image_id].reason
+    # One log line per problem, each naming its file.
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("annotation: ")]
+    assert sum("outside.xml" in m for m in logged) == 1 and sum("unknown.xml" in m for m in logged) == 1
+    assert all("\n" not in m for m in logged)
+
+
+@st.composite
+def voc_objects(draw):
+    name = draw(st.one_of(st.sampled_from(VOC_CLASSES), st.sampled_from(["dragon", "Dog", ""])))
+    corner = st.one_of(
+        st.integers(-3, 600), st.floats(0, 600, allow_nan=False).map(lambda v: round(v, 1)), st.just("x")
+    )
+    box = draw(st.one_of(st.none(), st.tuples(corner, corner, corner, corner)))
+    return name, box, draw(st.integers(0, 1))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(voc_objects(), min_size=1, max_size=5))
+def test_voc_parser_round_trip(tmp_path, objects):
+    path = tmp_path / "a.xml"
+    path.write_text(voc_xml([voc_object(*o) for o in objects]))
+    known = [o for o in objects if o[0] in VOC_CLASSES]
+    if not known:
+        with pytest.raises(ValueError, match="VOC class"):
+            parse_voc_xml(path)
+        return
+    parsed = parse_voc_xml(path)
+    assert parsed.size == (40, 60)
+    assert parsed.labels == {VOC_CLASSES.index(o[0]) for o in known}
+    want = [
+        (VOC_CLASSES.index(n), [float(v) - 1 if not isinstance(v, str) else math.nan for v in b], bool(d))
+        for n, b, d in known
+        if b is not None
+    ]
+    got = parsed.objects
+    assert [(c, d) for c, _, d in got] == [(c, d) for c, _, d in want]
+    for (_, a, _), (_, b, _) in zip(got, want, strict=True):
+        assert np.allclose(a, b, equal_nan=True)
+    # One note per dropped object (unknown class) and per object without a box.
+    assert len(parsed.notes) == len(objects) - len(known) + sum(b is None for _, b, _ in known)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from evalcam import figures
 from evalcam.data import build_dataset
-from evalcam.figures import _find_sample, main, render_figure1, render_method_grid
+from evalcam.figures import ExampleRow, _find_sample, example_grid, main, render_figure1, render_method_grid
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +83,26 @@ def test_readme_methods_table_lists_every_registered_method():
     table = readme[readme.index("## Methods (`method=`)") :].split("\n\n")[1]
     missing = [name for name in METHODS if f"`{name}`" not in table]
     assert not missing, f"README's methods table lacks {missing}"
+
+
+# The examples figure keeps its title clear of the panel headers (constrained layout reserves the room).
+def test_examples_title_does_not_overlap_the_panel_titles(tmp_path, monkeypatch):
+    kept = []
+    monkeypatch.setattr(figures.plt, "close", kept.append)
+    rows = [
+        ExampleRow(
+            image=torch.full((3, 120, 160), 128, dtype=torch.uint8),
+            cam=torch.rand(7, 7, generator=torch.Generator().manual_seed(i)),
+            title=f"{i}: tabby cat",
+            pred_box=[10, 10, 80, 90],
+            gt_boxes=[[20, 20, 100, 100]],
+        )
+        for i in range(2)
+    ]
+    example_grid(rows, tmp_path / "examples.png", suptitle="scorecam·efficientnet_lite0·imagenet_val")
+    (fig,) = kept
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    headers = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    assert all(title.y0 >= header.y1 for header in headers)  # the title sits above every header
+    assert (tmp_path / "examples.png").is_file()

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import box_sample
 from torch import nn
 
 from evalcam.data import build_dataset
-from evalcam.data.types import Sample
 from evalcam.methods import TopK, build_explainer
 from evalcam.methods.baselines import CenterBaseline, RandomBaseline
 from evalcam.metrics import build_metrics
@@ -27,17 +27,6 @@ class Flat(nn.Module):
         return x.mean((2, 3))
 
 
-def _box_sample(size: tuple[int, int], box: list[int]) -> Sample:
-    return Sample(
-        image=torch.zeros(3, *size, dtype=torch.uint8),
-        image_id="c",
-        labels=[0],
-        boxes={0: torch.tensor([box], dtype=torch.float32)},
-        difficult={0: torch.tensor([False])},
-        orig_size=size,
-    )
-
-
 @pytest.mark.parametrize(
     ("box", "hit"),
     [
@@ -48,7 +37,7 @@ def _box_sample(size: tuple[int, int], box: list[int]) -> Sample:
     ],
 )
 def test_center_is_scored_at_torchrays_centre_point(box, hit):
-    sample = _box_sample((375, 500), box)
+    sample = box_sample("c", 0, box, (375, 500))
     explainer = CenterBaseline(Flat())
     batch = explain_batch([sample], torch.zeros(1, 3, 8, 8), _bundle(), explainer, topk=1, need_gt=True)
     metric = PointingGame(num_classes=1)

@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import corr
 
 from evalcam.methods import METHODS, TopK, build_explainer
 
@@ -22,10 +23,6 @@ PARAMS = {"scorecam": {"target_layer": "blocks.4"}}
 # Captum draws these methods' random numbers on the model's device: seeded CPU and CUDA draws differ, so
 # only device placement is compared (their seeded equality with Captum is checked on the CPU).
 DEVICE_RANDOM = {"smoothgrad", "expected_gradients", "kernelshap", "lime"}
-
-
-def corr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.corrcoef(torch.stack([a.flatten().float(), b.flatten().float()]))[0, 1])
 
 
 @pytest.fixture(scope="module")

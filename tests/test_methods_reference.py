@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import corr
 from torch import nn
 
 from evalcam.methods import TopK, build_explainer
@@ -18,10 +19,6 @@ from evalcam.methods.hooks import count_hooks
 pgc = pytest.importorskip("pytorch_grad_cam")
 captum_attr = pytest.importorskip("captum.attr")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
-
-
-def corr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.corrcoef(torch.stack([a.flatten().float(), b.flatten().float()]))[0, 1])
 
 
 def to_input_size(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import box_sample, map_batch
 
-from evalcam.data.types import Sample
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.contours import contour_boxes, outer_contour_area
 from evalcam.metrics.maxboxacc import MaxBoxAcc
@@ -68,26 +68,9 @@ def test_an_empty_map_has_no_box():
 
 
 def _batch(mask: np.ndarray, gt_box: list[int]) -> EvalBatch:
-    size = mask.shape
-    sample = Sample(
-        image=torch.zeros(3, *size, dtype=torch.uint8),
-        image_id="ring",
-        labels=[1],
-        boxes={1: torch.tensor([gt_box], dtype=torch.float32)},
-        difficult={1: torch.tensor([False])},
-        orig_size=size,
-    )
-    return EvalBatch(
-        samples=[sample],
-        inputs=torch.zeros(1, 3, 8, 8),
-        logits=torch.zeros(1, 10),
-        pred_classes=torch.zeros(1, 1, dtype=torch.long),
-        pred_maps=torch.zeros(1, 1, 2, 2),
-        explainer=None,
-        bundle=None,
-        gt_classes=torch.tensor([[1]]),
-        gt_maps=torch.from_numpy(mask.astype(np.float32))[None, None],
-    )
+    sample = box_sample("ring", 1, gt_box, mask.shape)
+    gt_maps = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return map_batch([sample], gt_classes=[[1]], gt_maps=gt_maps)
 
 
 def test_v2_scores_the_hole_contour_like_the_reference():

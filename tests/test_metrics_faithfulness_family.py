@@ -7,12 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import ConvToy, LinearToy, make_batch
 from scipy.sparse import csc_matrix, lil_matrix
 from scipy.sparse.linalg import spsolve
 from scipy.spatial.distance import cdist
-from torch import nn
 
-from evalcam.data.types import Sample
 from evalcam.metrics import build_metrics
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.faithfulness_correlation import FaithfulnessCorrelation
@@ -25,7 +24,6 @@ from evalcam.metrics.pixel_flipping import PixelFlipping
 from evalcam.metrics.region_perturbation import RegionPerturbation
 from evalcam.metrics.road import ROAD, noisy_linear_imputation
 from evalcam.metrics.sufficiency import Sufficiency
-from evalcam.models.bundle import ModelBundle, Preprocess
 
 FAMILY = (
     "road",
@@ -38,51 +36,6 @@ FAMILY = (
     "sufficiency",
     "infidelity",
 )
-
-
-class LinearToy(nn.Module):
-    """logits[k] = <weights[k], x>: every perturbation's effect on a logit is known in closed form."""
-
-    def __init__(self, weights: torch.Tensor) -> None:
-        super().__init__()
-        self.weights = nn.Parameter(weights, requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bchw,kchw->bk", x, self.weights)
-
-
-class ConvToy(nn.Module):
-    def __init__(self, classes: int = 5) -> None:
-        super().__init__()
-        generator = torch.Generator().manual_seed(0)
-        self.conv = nn.Conv2d(3, 6, 3, padding=1)
-        self.fc = nn.Linear(6, classes)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
-
-
-def make_batch(model, inputs, classes, maps, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> EvalBatch:
-    n = inputs.shape[0]
-    bundle = ModelBundle(
-        model=model.eval(), name="toy", target_layer="", preprocess=Preprocess(inputs.shape[-2:], mean, std)
-    )
-    samples = [
-        Sample(image=torch.zeros(3, *inputs.shape[-2:], dtype=torch.uint8), image_id=f"img{i}", labels=[])
-        for i in range(n)
-    ]
-    return EvalBatch(
-        samples=samples,
-        inputs=inputs,
-        logits=model(inputs).detach(),
-        pred_classes=torch.as_tensor(classes).view(n, 1),
-        pred_maps=maps.reshape(n, 1, *maps.shape[-2:]).float(),
-        explainer=None,
-        bundle=bundle,
-    )
 
 
 def linear_case(n: int = 2, size: int = 8, seed: int = 0):
@@ -201,7 +154,7 @@ def test_infidelity_is_zero_for_the_exact_weights_and_positive_otherwise():
 
 
 def test_infidelity_incremental_equals_full_forwards():
-    model = ConvToy()
+    model = ConvToy(gaussian_scale=0.5)
     inputs = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(1))
     maps = torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(2))
     batch = make_batch(model, inputs, [1, 3], maps)
@@ -229,7 +182,7 @@ def test_sufficiency_counts_close_maps_with_the_same_prediction():
     maps = torch.stack([base[0], base[0] + 0.01 * torch.rand(6, 6, generator=generator), base[1], base[1]])
     maps[3] += 0.01 * torch.rand(6, 6, generator=generator)
     inputs = torch.rand(4, 3, 6, 6, generator=generator)
-    model = ConvToy()
+    model = ConvToy(gaussian_scale=0.5)
     metric = Sufficiency(threshold=0.3)
     records = metric.update(make_batch(model, inputs, [2, 2, 1, 4], maps))
     assert [r["sufficiency.sufficiency"] for r in records] == [1.0, 1.0, 0.0, 0.0]
@@ -336,7 +289,7 @@ def test_noisy_linear_imputation_equals_the_reference_code():
 
 
 def test_road_equals_the_reference_pipeline_on_a_small_image():
-    model = ConvToy()
+    model = ConvToy(gaussian_scale=0.5)
     generator = torch.Generator().manual_seed(5)
     pixels = torch.rand(2, 3, 8, 8, generator=generator)
     mean, std = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.25, 0.3])
@@ -382,7 +335,7 @@ def small_settings() -> dict[str, dict]:
 
 
 def toy_batch(maps: torch.Tensor) -> EvalBatch:
-    model = ConvToy()
+    model = ConvToy(gaussian_scale=0.5)
     inputs = torch.randn(len(maps), 3, 8, 8, generator=torch.Generator().manual_seed(7))
     return make_batch(model, inputs, model(inputs).argmax(1).tolist(), maps)
 

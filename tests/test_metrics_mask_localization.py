@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import shared_subdir
+from conftest import map_batch, shared_subdir
 
 from evalcam.data import build_dataset
 from evalcam.data.types import Sample
@@ -36,17 +36,8 @@ MASK_METRICS = [
 
 
 def _batch(samples, gt_maps, gt_classes, pred_maps=None, inputs_size=(8, 8)) -> EvalBatch:
-    n = len(samples)
-    return EvalBatch(
-        samples=samples,
-        inputs=torch.zeros(n, 3, *inputs_size),
-        logits=torch.zeros(n, 10),
-        pred_classes=torch.zeros(n, 1, dtype=torch.long),
-        pred_maps=pred_maps if pred_maps is not None else torch.zeros(n, 1, 2, 2),
-        explainer=None,
-        bundle=None,
-        gt_classes=torch.tensor(gt_classes),
-        gt_maps=gt_maps,
+    return map_batch(
+        samples, pred_maps=pred_maps, gt_classes=gt_classes, gt_maps=gt_maps, inputs_size=inputs_size
     )
 
 

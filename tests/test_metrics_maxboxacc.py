@@ -5,38 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import box_sample, map_batch
 
-from evalcam.data.types import Sample
-from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.maxboxacc import MaxBoxAcc, best_ious, iou_matrix, quantize, segment_boxes
 
 SIZE = (100, 100)
 
 
 def _sample(image_id, box, cls=1):
-    return Sample(
-        image=torch.zeros(3, *SIZE, dtype=torch.uint8),
-        image_id=image_id,
-        labels=[cls],
-        boxes={cls: torch.tensor([box], dtype=torch.float32)},
-        difficult={cls: torch.tensor([False])},
-        orig_size=SIZE,
-    )
+    return box_sample(image_id, cls, box, SIZE)
 
 
 def _batch(samples, maps, cls=1):
-    n = len(samples)
-    return EvalBatch(
-        samples=samples,
-        inputs=torch.zeros(n, 3, 8, 8),
-        logits=torch.zeros(n, 10),
-        pred_classes=torch.zeros(n, 1, dtype=torch.long),
-        pred_maps=torch.zeros(n, 1, 2, 2),
-        explainer=None,
-        bundle=None,
-        gt_classes=torch.full((n, 1), cls),
-        gt_maps=maps[:, None],
-    )
+    return map_batch(samples, gt_classes=torch.full((len(samples), 1), cls), gt_maps=maps[:, None])
 
 
 def _nested():

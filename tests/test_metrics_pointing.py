@@ -8,12 +8,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import torch
-from conftest import shared_subdir
+from conftest import map_batch, shared_subdir
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evalcam.data.types import Sample
-from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.pointing import EnergyPointingGame, PointingGame
 from evalcam.metrics.regions import class_mask, ebp_difficult_classes, pointing_hit
 
@@ -42,18 +41,7 @@ def _peak(x, y, size=SIZE):
 
 def _batch(samples, classes, maps):
     """``classes``: per image its GT classes (padded with -1), ``maps`` [B, L, h, w] in that order."""
-    n = len(samples)
-    return EvalBatch(
-        samples=samples,
-        inputs=torch.zeros(n, 3, 8, 8),
-        logits=torch.zeros(n, 10),
-        pred_classes=torch.zeros(n, 1, dtype=torch.long),
-        pred_maps=torch.zeros(n, 1, 2, 2),
-        explainer=None,
-        bundle=None,
-        gt_classes=torch.tensor(classes),
-        gt_maps=maps,
-    )
+    return map_batch(samples, gt_classes=classes, gt_maps=maps)
 
 
 def _torchray_hit(point, mask, tolerance=15):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from conftest import LinearToy, TinyNet
 
 from evalcam.data.types import Sample
 from evalcam.methods import TopK
@@ -18,35 +18,12 @@ MEAN = torch.full((1, 3, 1, 1), 0.5)
 STD = torch.full((1, 3, 1, 1), 0.25)
 
 
-class LinearToy(nn.Module):
-    def __init__(self, weights: torch.Tensor) -> None:
-        super().__init__()
-        self.weights = nn.Parameter(weights)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bchw,kchw->bk", x, self.weights)
-
-
-class TinyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.act1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, stride=2)
-        self.act2 = nn.ReLU()
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.act2(self.conv2(self.act1(self.conv1(x)))).mean((2, 3)))
-
-
 def _linear_case():
     g = torch.Generator().manual_seed(0)
     weights = torch.zeros(2, 3, 4, 4)
     weights[0] = torch.randn(3, 4, 4, generator=g)
     pixels = torch.full((1, 3, 4, 4), 0.5)
-    model = LinearToy(weights).eval()
+    model = LinearToy(weights, trainable=True).eval()
     return model, weights[0], pixels
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from robust18_helpers import TinyNet, tiny_batch
+from conftest import TinyNet, tiny_batch
 
 from evalcam.bench.robustness_metrics import count_forwards
 from evalcam.methods.base import Explainer, Explanation, resolve_targets

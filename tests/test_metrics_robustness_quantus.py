@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from robust18_helpers import STD, TinyNet, quantus_explain, tiny_batch
+from conftest import STD, TinyNet, quantus_explain, tiny_batch
 
 from evalcam.maps import upsample
 from evalcam.metrics.continuity import Continuity

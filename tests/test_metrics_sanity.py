@@ -8,54 +8,23 @@ import copy
 
 import pytest
 import torch
+from conftest import TinyNet, tiny_batch
 from torch import nn
 
-from evalcam.data.types import Sample
 from evalcam.methods import build_explainer
 from evalcam.methods.baselines import CenterBaseline
 from evalcam.methods.gradcam import GradCAM
 from evalcam.metrics import sanity
 from evalcam.metrics.sanity import CascadingRandomization, cascade_layers, rebind_explainer, reinitialize
 from evalcam.metrics.stats import spearman
-from evalcam.models.bundle import ModelBundle, Preprocess
-from evalcam.pipeline import explain_batch
 
 
-class TinyNet(nn.Module):
-    """``spare`` is defined last (so it is randomized first) but never used: re-initializing it cannot
-    change any map."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.act1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, stride=2)
-        self.act2 = nn.ReLU()
-        self.fc = nn.Linear(8, 4)
-        self.spare = nn.Linear(2, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.act2(self.conv2(self.act1(self.conv1(x)))).mean((2, 3)))
-
-
-def _batch(explainer, model, n=3, size=16):
-    bundle = ModelBundle(
-        model=model,
-        name="tiny",
-        target_layer="act2",
-        preprocess=Preprocess((size, size), (0.5,) * 3, (0.25,) * 3),
-    )
-    inputs = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(2))
-    samples = [
-        Sample(image=torch.zeros(3, size, size, dtype=torch.uint8), image_id=str(i), labels=[])
-        for i in range(n)
-    ]
-    return explain_batch(samples, inputs, bundle, explainer, topk=1, need_gt=False)
+def _batch(explainer, model, n=3, size=16, extra=None):
+    return tiny_batch(n, size, explainer, model, id_prefix="", extra=extra or {})
 
 
 def test_default_cascade_goes_from_the_top_down():
-    assert cascade_layers(TinyNet()) == ["spare", "fc", "conv2", "conv1"]
+    assert cascade_layers(TinyNet(spare=True)) == ["spare", "fc", "conv2", "conv1"]
 
 
 def test_efficientnet_cascade(lite0):
@@ -79,7 +48,7 @@ def test_reinitialize_is_seeded_and_changes_weights():
 
 
 def test_unused_layer_keeps_maps_and_later_steps_are_cumulative():
-    model = TinyNet().eval()
+    model = TinyNet(spare=True).eval()
     original = copy.deepcopy(model.state_dict())
     explainer = GradCAM(model, "act2")
     batch = _batch(explainer, model)
@@ -101,7 +70,7 @@ def test_unused_layer_keeps_maps_and_later_steps_are_cumulative():
 
 
 def test_input_independent_baseline_fails_the_check():
-    model = TinyNet().eval()
+    model = TinyNet(spare=True).eval()
     metric = CascadingRandomization(steps=4)
     metric.update(_batch(CenterBaseline(model, map_size=(8, 8)), model))
     out = metric.compute()
@@ -110,7 +79,7 @@ def test_input_independent_baseline_fails_the_check():
 
 
 def test_rebuilding_through_the_method_registry_gives_the_same_numbers():
-    model = TinyNet().eval()
+    model = TinyNet(spare=True).eval()
     explainer = GradCAM(model, "act2")
     rebound, rebuilt = CascadingRandomization(steps=2), CascadingRandomization(steps=2)
     rebound.update(_batch(explainer, model))
@@ -136,7 +105,7 @@ def test_a_registered_method_is_rebuilt_on_the_copy_not_re_pointed(monkeypatch):
 
 
 def test_rebind_points_model_references_at_the_copy():
-    model = TinyNet()
+    model = TinyNet(spare=True)
     explainer = GradCAM(model, "act2")
     explainer.head = model.fc  # a method that keeps a submodule (e.g. CAM's classifier)
     copy_model = copy.deepcopy(model)
@@ -146,7 +115,7 @@ def test_rebind_points_model_references_at_the_copy():
 
 
 def test_merged_halves_equal_one_accumulator():
-    model = TinyNet().eval()
+    model = TinyNet(spare=True).eval()
     explainer = GradCAM(model, "act2")
     full = _batch(explainer, model, n=4)
 
@@ -159,7 +128,7 @@ def test_merged_halves_equal_one_accumulator():
 
 
 def test_step_names_survive_a_resume_from_saved_state():
-    model = TinyNet().eval()
+    model = TinyNet(spare=True).eval()
     explainer = GradCAM(model, "act2")
     metric = CascadingRandomization(steps=2)
     metric.update(_batch(explainer, model))

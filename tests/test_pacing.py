@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_pausing_after_batch
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
+from conftest import assert_same_numbers, cli_pausing_after_batch, compose_config, parts
 
 from evalcam import runner
 from evalcam.pacing import EXAMPLE_MAPS, duration, load_example_maps
@@ -37,22 +35,9 @@ OVERRIDES = (
 
 
 def config_for(output: Path, *overrides: str, slow_ratio: float = 5.0, base: tuple = OVERRIDES) -> dict:
-    with initialize_config_module(config_module="evalcam.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*base, f"output_dir={output}", *overrides])
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = compose_config(*base, f"output_dir={output}", *overrides)
     config["slow_ratio"] = slow_ratio
     return config
-
-
-def parts(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "per_image").glob("part-*.parquet"))
-
-
-def same_numbers(got: dict[str, float], want: dict[str, float]) -> None:
-    assert set(got) == set(want)
-    for key, value in want.items():
-        if key != "run/seconds":
-            assert got[key] == pytest.approx(value, abs=1e-9), key
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +62,7 @@ def test_slow_run_is_announced_saved_per_image_and_gives_the_batch_numbers(tmp_p
     assert f"forward passes per image x {IMAGES} image(s)" in line and "s/image measured" in line
     assert "Ctrl-C keeps every finished image" in line
     assert len(parts(result.run_dir)) == IMAGES  # image by image
-    same_numbers(result.metrics, batch_result.metrics)
+    assert_same_numbers(result.metrics, batch_result.metrics)
 
     kept = load_example_maps(result.run_dir / EXAMPLE_MAPS)
     assert [e["image_id"] for e in kept] == list(result_ids(result.run_dir))[:2]
@@ -137,4 +122,4 @@ def test_ctrl_c_inside_a_batch_keeps_the_finished_images(tmp_path, batched):
     assert len(parts(run_dir)) == 2 and not (run_dir / "summary.json").exists()
     resumed = run(config)
     assert len(parts(run_dir)) == IMAGES
-    same_numbers(resumed.metrics, batch_result.metrics)
+    assert_same_numbers(resumed.metrics, batch_result.metrics)

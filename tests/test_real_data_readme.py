@@ -11,11 +11,10 @@ import math
 import shlex
 
 import pytest
+from conftest import ROOT, config_for
 
 from evalcam.data import build_dataset
 from evalcam.runner import run
-from tests.conftest import ROOT
-from tests.test_refusals import config_for
 
 MARKER = "<!-- real-data-example"
 LIMIT = 2

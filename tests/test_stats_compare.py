@@ -7,11 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
+import conftest
 import pandas as pd
 import pytest
 import yaml
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
 from evalcam.cli import main as cli_main
 from evalcam.metrics import build_metrics
@@ -23,21 +22,7 @@ METRICS = "metrics=[weak_loc,pointing,maxboxacc]"
 
 
 def make_config(tmp: Path, *overrides: str) -> dict:
-    with initialize_config_module(config_module="evalcam.conf", version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[
-                f"output_dir={tmp / 'runs'}",
-                f"tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
-                "progress=false",
-                "device=cpu",
-                "n_examples=0",
-                "dataset.limit=5",
-                "stats.bootstrap=400",
-                *overrides,
-            ],
-        )
-    return OmegaConf.to_container(cfg, resolve=True)
+    return conftest.make_config(tmp, "n_examples=0", "dataset.limit=5", "stats.bootstrap=400", *overrides)
 
 
 @pytest.fixture(scope="module")

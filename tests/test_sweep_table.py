@@ -8,12 +8,12 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from conftest import cli, config_for
 
 from evalcam.cli import main
 from evalcam.naming import run_name
 from evalcam.runner import run
 from evalcam.sweep_table import comparison_table, to_markdown
-from tests.test_refusals import cli, config_for
 
 
 def test_run_names_carry_what_sets_two_runs_apart(tmp_path):

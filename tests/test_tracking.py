@@ -1,4 +1,6 @@
-"""evalcam.tracking: a run folder logged to MLflow in batched calls, re-logging uploads only what changed."""
+"""evalcam.tracking: a finished run folder logged to MLflow in batched calls (re-logging uploads only what
+changed), and a run whose tracking server is unreachable keeps its results for ``log_run_dir`` to log later,
+once per configuration."""
 
 from __future__ import annotations
 
@@ -7,9 +9,30 @@ import json
 import mlflow
 import pandas as pd
 import pytest
+from conftest import make_config
 from mlflow.tracking import MlflowClient
 
 from evalcam import tracking
+from evalcam.runner import run
+from evalcam.tracking import log_run_dir
+
+
+def test_unreachable_tracking_server_keeps_results_and_can_log_later(tmp_path):
+    config = make_config(tmp_path, "n_examples=0", "dataset.limit=2", "tracking_uri=http://127.0.0.1:9")
+    result = run(config)
+    assert result.mlflow_run_id is None
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["metrics"]["weak_loc/images"] == 2
+    later = f"sqlite:///{tmp_path / 'later.db'}"
+    run_id = log_run_dir(result.run_dir, later)
+    assert run_id
+    # Logging the same folder again (or a finished rerun) updates that run: one run per configuration.
+    assert log_run_dir(result.run_dir, later) == run_id
+    import mlflow
+
+    mlflow.set_tracking_uri(later)
+    runs = mlflow.search_runs(experiment_names=["sample/efficientnet_lite0"])
+    assert len(runs) == 1 and runs["metrics.weak_loc/images"].iloc[0] == 2
 
 
 @pytest.fixture

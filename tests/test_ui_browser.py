@@ -33,8 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
+from conftest import compose_config
 
 from evalcam import ui
 
@@ -79,12 +78,7 @@ def artifact_dir() -> Path:
 
 
 def make_config(tmp: Path, *overrides: str) -> dict:
-    with initialize_config_module(config_module="evalcam.conf", version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[f"output_dir={tmp / 'runs'}", "progress=false", "device=cpu", *overrides],
-        )
-    return OmegaConf.to_container(cfg, resolve=True)
+    return compose_config(f"output_dir={tmp / 'runs'}", "progress=false", "device=cpu", *overrides)
 
 
 def mlflow_display(value: float) -> str:

@@ -10,7 +10,8 @@ counted in ``degenerate_maps``.
 
 Quantus's ``FaithfulnessCorrelation`` draws subsets of single *features* of the channel-broadcast map
 (channel values of one pixel can be split); with subsets of whole pixels (indices of all channels of a
-pixel, ``subset_size x C`` features) it computes the same number (``tests/test_faithfulness_quantus.py``).
+pixel, ``subset_size x C`` features) it computes the same number
+(``tests/test_metrics_faithfulness_family_quantus.py``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ better). Degenerate maps and constant drops score 0 and are counted in ``degener
 
 Quantus's ``FaithfulnessEstimate`` uses groups of ``features_in_step`` entries of the channel-broadcast
 map; with maps without ties and ``features_in_step = C x H*W/steps`` the groups are the same pixels and the
-numbers agree (``tests/test_faithfulness_quantus.py``).
+numbers agree (``tests/test_metrics_faithfulness_family_quantus.py``).
 """
 
 from __future__ import annotations

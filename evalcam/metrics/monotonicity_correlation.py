@@ -11,7 +11,7 @@ matter more). Degenerate maps and constant variances score 0 and are counted in 
 
 Quantus's ``MonotonicityCorrelation`` takes the absolute value of the map first (``abs=True``) and draws
 uniform noise in input space from the global NumPy state; with a deterministic baseline and ``samples=1``
-the numbers agree with it (``tests/test_faithfulness_quantus.py``).
+the numbers agree with it (``tests/test_metrics_faithfulness_family_quantus.py``).
 """
 
 from __future__ import annotations

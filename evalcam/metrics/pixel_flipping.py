@@ -11,7 +11,7 @@ Logged per image: ``auc``, the normalized area under the curve on ``x = k / step
 MoRF) and ``aopc = mean_k (f_0 - f_k)`` over ``k = 0..steps`` (Samek et al.'s AOPC; higher is better for
 MoRF). Quantus's ``PixelFlipping`` returns ``f_1 .. f_steps`` (no clean point) with its "black" baseline
 the image minimum; with the same baseline value, maps without ties and ``features_in_step = 3 * H*W/steps``
-its curve equals ``f_1 .. f_steps`` here (``tests/test_faithfulness_quantus.py``).
+its curve equals ``f_1 .. f_steps`` here (``tests/test_metrics_faithfulness_family_quantus.py``).
 
 A degenerate map (NaN/Inf, constant, or negative everywhere) is counted in ``degenerate_maps`` and still
 scored: non-finite values count as 0 and ties fall back to raster order (see

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from test_core_e2e import make_config
+from conftest import make_config
 
 from evalcam.runner import run
 

@@ -4,6 +4,7 @@ functions they replaced (argmax_point, pointing_hit, energy_in_region), on rando
 from __future__ import annotations
 
 import torch
+from conftest import map_batch
 
 from evalcam.data.types import Sample
 from evalcam.maps import upsample
@@ -45,17 +46,8 @@ def _random_samples(seed: int) -> tuple[list[Sample], torch.Tensor, torch.Tensor
 
 
 def _batch(samples, gt_classes, maps) -> EvalBatch:
-    return EvalBatch(
-        samples=samples,
-        inputs=torch.zeros(len(samples), 3, 8, 8),
-        logits=torch.zeros(len(samples), 7),
-        pred_classes=torch.zeros(len(samples), 1, dtype=torch.long),
-        pred_maps=torch.zeros(len(samples), 1, 7, 7),
-        explainer=None,
-        bundle=None,
-        gt_classes=gt_classes,
-        gt_maps=maps,
-    )
+    pred_maps = torch.zeros(len(samples), 1, 7, 7)
+    return map_batch(samples, pred_maps=pred_maps, gt_classes=gt_classes, gt_maps=maps, num_classes=7)
 
 
 def test_pointing_records_equal_the_per_class_reference():

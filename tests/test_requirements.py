@@ -8,15 +8,10 @@ val without ``dataset.annotations=`` used to report ``top1_loc_error 1.0000``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
+from conftest import ROOT, cli, config_for, last_line, shared_subdir
 
 from evalcam.data import build_dataset
 from evalcam.metrics import METRICS
@@ -25,34 +20,6 @@ from evalcam.metrics.pointing import PointingGame
 from evalcam.models.proxy_heads import LABEL_SPACES, apply_head
 from evalcam.requirements import check_requirements, model_label_space, needs_table
 from evalcam.runner import run
-from tests.conftest import ROOT, shared_subdir
-
-
-def cli(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "evalcam", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd or ROOT,
-        env=environment,
-        timeout=300,
-    )
-
-
-def last_line(done: subprocess.CompletedProcess) -> str:
-    return done.stderr.strip().splitlines()[-1]
-
-
-def config_for(output: Path, *overrides: str) -> dict:
-    with initialize_config_module(config_module="evalcam.conf", version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[f"output_dir={output}", "mlflow=false", "progress=false", "n_examples=0", *overrides],
-        )
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
 def test_readme_table_is_what_the_metrics_declare():

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import ConvToy
 from torch import nn
 
 from evalcam.data.types import Sample
@@ -62,18 +63,6 @@ def good_map() -> torch.Tensor:
     return torch.exp(-((ys - 0.5) ** 2 + (xs - 0.5) ** 2).float())
 
 
-class TinyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 8, 3, padding=1, stride=4)
-        self.act = nn.ReLU()
-        self.fc = nn.Linear(8, CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.act(self.conv(x)).mean((2, 3)))
-
-
 class FixedMaps(Explainer):
     """Returns ``maps[i]`` for image ``i`` whatever the input or model (also on adversarial inputs and on
     the randomized copies of the sanity check), so a degenerate map stays degenerate everywhere."""
@@ -96,7 +85,7 @@ class FixedMaps(Explainer):
 
 
 def make_batch(maps: torch.Tensor) -> EvalBatch:
-    model = TinyNet().eval()
+    model = ConvToy(width=8, classes=CLASSES, stride=4).eval()
     bundle = ModelBundle(
         model=model,
         name="tiny",

@@ -17,7 +17,7 @@ quantus = pytest.importorskip("quantus")
 if not hasattr(np, "trapz"):  # Quantus 0.6 calls np.trapz, removed in NumPy 2.4
     np.trapz = np.trapezoid
 
-from test_metrics_faithfulness_family import ConvToy, make_batch  # noqa: E402
+from conftest import ConvToy, make_batch  # noqa: E402
 
 from evalcam.metrics.faithful_base import input_cams  # noqa: E402
 from evalcam.metrics.faithfulness_correlation import FaithfulnessCorrelation  # noqa: E402
@@ -34,7 +34,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def case():
-    model = ConvToy().eval()
+    model = ConvToy(gaussian_scale=0.5).eval()
     generator = torch.Generator().manual_seed(21)
     # smooth-ish images (so SLIC finds segments) with noise
     base = torch.rand(3, 3, 4, 4, generator=generator)

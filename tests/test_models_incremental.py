@@ -42,10 +42,9 @@ class Dilated(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def lite0():
-    from evalcam.models import load_model
-
-    return load_model("efficientnet_lite0").model.eval()
+def lite0(lite0):
+    """The session's EfficientNet-Lite0 bundle's network (this module needs the bare nn.Module)."""
+    return lite0.model.eval()
 
 
 def _check(model, x, boxes, fill, atol):

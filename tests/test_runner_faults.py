@@ -1,10 +1,9 @@
-"""Faults during a run: a full disk, Ctrl-C, a failing MLflow, bad files in the dataset, and configuration
-mistakes. Each ends in one clear line, loses nothing already computed, and a rerun of the same command
-finishes with the numbers of an uninterrupted run."""
+"""Faults during a run (evalcam.runner; a full disk is in test_results.py): Ctrl-C, a failing MLflow, bad
+files in the dataset, and configuration mistakes. Each ends in one clear line, loses nothing already
+computed, and a rerun of the same command finishes with the numbers of an uninterrupted run."""
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import logging
@@ -12,100 +11,22 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import cli_pausing_after_batch
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
+from conftest import IMAGES, OVERRIDES, assert_same_numbers, cli_pausing_after_batch, parts
+from conftest import small_run_config as config_for
 from PIL import Image
 
-from evalcam import results, runner
+from evalcam import runner
 from evalcam.data.imagenet import imagenet_wnids
 from evalcam.metrics import METRICS, Metric
 from evalcam.requirements import Needs
-from evalcam.results import StorageError
 from evalcam.runner import run
-
-IMAGES = 3
-OVERRIDES = ("device=cpu", "mlflow=false", "n_examples=0", "progress=false", "batch_size=1")
-
-
-def config_for(output: Path, *overrides: str) -> dict:
-    with initialize_config_module(config_module="evalcam.conf", version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[*OVERRIDES, f"dataset.limit={IMAGES}", f"output_dir={output}", *overrides],
-        )
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def parts(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "per_image").glob("part-*.parquet"))
-
-
-def assert_same_numbers(got: dict[str, float], want: dict[str, float]) -> None:
-    assert set(got) == set(want)
-    for key, value in want.items():
-        if key != "run/seconds":
-            assert got[key] == pytest.approx(value, abs=1e-9), key
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[str, float]:
-    return run(config_for(tmp_path_factory.mktemp("reference") / "runs")).metrics
-
-
-def test_full_disk_mid_run_is_one_clear_error_and_a_rerun_completes(tmp_path, monkeypatch, reference):
-    config = config_for(tmp_path / "runs")
-    real_write = results.pq.write_table
-    calls = []
-
-    def write_until_full(table, where, *args, **kwargs):
-        calls.append(where)
-        if len(calls) > 1:
-            Path(where).write_bytes(b"PAR1 half a file")  # the disk fills up mid-write
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(table, where, *args, **kwargs)
-
-    monkeypatch.setattr(results.pq, "write_table", write_until_full)
-    with pytest.raises(StorageError) as err:
-        run(config)
-    message = str(err.value)
-    assert "\n" not in message and "no space left on device" in message
-    assert "1 batch part(s)" in message and "intact" in message and "rerun the same command" in message
-    run_dir = runner.run_directory(config)
-    assert len(parts(run_dir)) == 1 and not list((run_dir / "per_image").glob(".*tmp"))
-    assert not (run_dir / "summary.json").exists()
-
-    monkeypatch.setattr(results.pq, "write_table", real_write)  # space freed
-    resumed = run(config)
-    assert len(parts(run_dir)) == IMAGES
-    assert_same_numbers(resumed.metrics, reference)
-
-
-def test_full_disk_while_finishing_keeps_the_previous_summary(tmp_path, monkeypatch):
-    config = config_for(tmp_path / "runs")
-    first = run(config)
-    summary = (first.run_dir / "summary.json").read_bytes()
-    real_write_text = Path.write_text
-
-    def full(self, data, *args, **kwargs):
-        if self.name.startswith(".summary.json"):
-            real_write_text(self, data[:10], *args, **kwargs)
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write_text(self, data, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "write_text", full)
-    with pytest.raises(StorageError, match=r"summary\.json: no space left on device"):
-        run(config)
-    assert (first.run_dir / "summary.json").read_bytes() == summary  # not truncated
-    assert not list(first.run_dir.glob(".*tmp"))
 
 
 @pytest.mark.slow
-def test_ctrl_c_then_the_same_command_resumes_to_identical_numbers(tmp_path, reference):
+def test_ctrl_c_then_the_same_command_resumes_to_identical_numbers(tmp_path, small_reference):
     output = tmp_path / "runs"
     args = ["run", *OVERRIDES, f"dataset.limit={IMAGES}", f"output_dir={output}"]
     cmd = cli_pausing_after_batch(args, batches=1, seconds=20)
@@ -130,7 +51,7 @@ def test_ctrl_c_then_the_same_command_resumes_to_identical_numbers(tmp_path, ref
     assert 1 <= len(done) < IMAGES and not (run_dir / "summary.json").exists()
     resumed = run(config_for(output))
     assert len(parts(run_dir)) == IMAGES
-    assert_same_numbers(resumed.metrics, reference)
+    assert_same_numbers(resumed.metrics, small_reference)
 
 
 def test_any_mlflow_failure_keeps_results_and_says_how_to_log_later(tmp_path, monkeypatch, caplog):

@@ -1,4 +1,5 @@
-"""Image decoding edge cases, unreadable files, subsets, and the dataset configs under conf/dataset."""
+"""Image decoding edge cases, unreadable files, subsets, and the dataset configs under conf/dataset; huge
+images and decompression bombs built in tmp_path."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, shared_subdir
+from conftest import ROOT, jpeg, shared_subdir
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from PIL import Image, ImageFile
 
 from evalcam.data import DATASETS, DatasetError, EvalDataset, Sample, SkippedImage, build_dataset
-from evalcam.data.base import read_rgb, rescale_boxes
+from evalcam.data.base import ImageReadError, read_image, read_rgb, rescale_boxes
 from evalcam.data.imagenet import imagenet_wnids
 
 # Three colour patches side by side (and a gray ramp below): easy to check after any conversion.
@@ -192,3 +193,38 @@ def test_configs_read_roots_from_the_environment(monkeypatch):
     )
     dataset = build_dataset(cfg.pop("name"), **{k: v for k, v in cfg.items() if v is not None})
     assert len(dataset) == 5 and all(11 in dataset.labels_for(i) for i in dataset.ids)
+
+
+# --- bad images and annotations built in tmp_path: fixed or skipped with a reason, never a traceback ---
+
+
+def test_huge_image_is_decoded_shrunk_and_its_boxes_follow(tmp_path):
+    """A 10k x 10k photo decodes at 5k x 5k (25 Mpx) instead of costing gigabytes per map."""
+    folder = tmp_path / "val"
+    folder.mkdir()
+    Image.new("RGB", (10_000, 10_000), (120, 60, 30)).save(
+        folder / "ILSVRC2012_val_00000001.JPEG", quality=70
+    )
+    xml = tmp_path / "bbox"
+    xml.mkdir()
+    (xml / "ILSVRC2012_val_00000001.xml").write_text(
+        f"<annotation><object><name>{imagenet_wnids()[1]}</name><bndbox><xmin>0</xmin><ymin>2000</ymin>"
+        "<xmax>9999</xmax><ymax>5999</ymax></bndbox></object></annotation>"
+    )
+    # No <size>: the stored size from the file header scales the boxes.
+    sample = build_dataset("imagenet_val", root=folder, annotations=xml)[0]
+    assert sample.orig_size == (10_000, 10_000) and sample.size == (5000, 5000)
+    assert sample.boxes[1].tolist() == [[0.0, 1000.0, 4999.0, 2999.0]]
+    assert abs(float(sample.image[0].float().mean()) - 120) < 3
+
+
+def test_decompression_bombs_and_odd_modes(tmp_path, monkeypatch):
+    sixteen = tmp_path / "gray16.png"
+    Image.fromarray((np.arange(40 * 60).reshape(40, 60) * 27).astype(np.uint16)).save(sixteen)
+    image, _ = read_image(sixteen)
+    # 16-bit values scaled to 8 bits (PIL's own conversion would clip everything above 255 to white).
+    assert int(image.max()) == round(40 * 60 * 27 / 257 - 27 / 257) and int(image[0, 0, 1]) == 0
+    jpeg(tmp_path / "small.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # the 2400 px image is now a "bomb" (> 2x limit)
+    with pytest.raises(ImageReadError, match="DecompressionBombError"):
+        read_image(tmp_path / "small.jpg")

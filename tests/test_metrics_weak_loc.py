@@ -6,9 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import box_sample, map_batch
 
-from evalcam.data.types import Sample
-from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.boxes import box_iou, largest_component_box
 from evalcam.metrics.weak_loc import WeakLocalization, map_to_box
 
@@ -63,26 +62,11 @@ def test_iou_uses_inclusive_pixels():
 
 
 def _batch(samples, classes, maps):
-    return EvalBatch(
-        samples=samples,
-        inputs=torch.zeros(len(samples), 3, 8, 8),
-        logits=torch.zeros(len(samples), 10),
-        pred_classes=torch.tensor(classes),
-        pred_maps=maps,
-        explainer=None,
-        bundle=None,
-    )
+    return map_batch(samples, pred_classes=classes, pred_maps=maps)
 
 
 def _sample(image_id, label, box, size=(20, 20)):
-    return Sample(
-        image=torch.zeros(3, *size, dtype=torch.uint8),
-        image_id=image_id,
-        labels=[label],
-        boxes={label: torch.tensor([box], dtype=torch.float32)},
-        difficult={label: torch.tensor([False])},
-        orig_size=size,
-    )
+    return box_sample(image_id, label, box, size)
 
 
 def _blob(y0, x0, y1, x1, size=20):

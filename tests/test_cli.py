@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import cli, last_line
 
 from evalcam.metrics import ALIASES, METRICS
-from tests.test_refusals import cli, last_line
 
 ALL_METRICS = ", ".join(sorted({*METRICS, *ALIASES}))
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_batch
 from torch import nn
 
-from evalcam.data.types import Sample
 from evalcam.metrics import build_metrics, local_steps
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.local_steps import mask_boxes, stepped_scores
-from evalcam.models.bundle import ModelBundle, Preprocess
 
 
 class DeepToy(nn.Module):
@@ -40,23 +39,8 @@ def _batch(size: int = 48, images: int = 2) -> EvalBatch:
     yy, xx = torch.meshgrid(torch.arange(6.0), torch.arange(6.0), indexing="ij")
     maps = torch.stack([torch.exp(-((yy - 1) ** 2 + (xx - 4 + i) ** 2) / 2) for i in range(images)])
     with torch.no_grad():
-        logits = model(inputs)
-    bundle = ModelBundle(
-        model=model, name="toy", target_layer="", preprocess=Preprocess((size, size), (0.0,) * 3, (1.0,) * 3)
-    )
-    samples = [
-        Sample(image=torch.zeros(3, size, size, dtype=torch.uint8), image_id=str(i), labels=[])
-        for i in range(images)
-    ]
-    return EvalBatch(
-        samples=samples,
-        inputs=inputs,
-        logits=logits,
-        pred_classes=logits.argmax(1, keepdim=True),
-        pred_maps=maps[:, None],
-        explainer=None,
-        bundle=bundle,
-    )
+        classes = model(inputs).argmax(1)
+    return make_batch(model, inputs, classes, maps[:, None], id_prefix="")
 
 
 def test_mask_boxes_are_tight_and_empty_masks_get_an_empty_box():
