@@ -211,7 +211,7 @@ class CaptumAttribution(Explainer):
         self.attribute_kwargs = attribute_kwargs
         # model -> its DeepLift twin: the twin depends only on the model's structure, and the counting pass
         # that builds it would cost a forward per call. Weak keys: a freed model takes its twin with it.
-        self._twins: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+        self._twins: weakref.WeakKeyDictionary[nn.Module, nn.Module | None] = weakref.WeakKeyDictionary()
 
     # --- hooks for the named subclasses ---------------------------------------------------------------
 
@@ -271,11 +271,11 @@ class CaptumAttribution(Explainer):
     def _model(self, images: torch.Tensor) -> nn.Module:
         if not self.unshare:
             return self.model
-        twin = self._twins.get(self.model)
-        if twin is None:
+        if self.model not in self._twins:
             twin = unshare_activations(self.model, counts=count_calls(self.model, images[:1])[1])
-            self._twins[self.model] = twin
-        return twin
+            # None for "the model itself": a value referring to its own weak key would keep it alive.
+            self._twins[self.model] = None if twin is self.model else twin
+        return self._twins[self.model] or self.model
 
     def _explain_clean_pass(self, images: torch.Tensor, targets: Targets) -> Explanation:
         """Class or top-k targets with a method whose first Captum pass holds the clean batch: the logits

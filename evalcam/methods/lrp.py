@@ -21,6 +21,7 @@ zennit is a base dependency (``pyproject.toml``); a missing install gets a one-l
 from __future__ import annotations
 
 import importlib
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,6 +109,11 @@ class LRP(Explainer):
             reduce,
         )
         self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+        # model -> its traced (linear, BatchNorm) pairs: they depend on the model's structure only, and the
+        # trace costs a forward pass per call. Weak keys: a freed model takes its entry with it.
+        self._pairs: weakref.WeakKeyDictionary[nn.Module, list[tuple[nn.Module, nn.Module]]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @classmethod
     def applies_to(cls, model: nn.Module) -> bool:
@@ -141,7 +147,9 @@ class LRP(Explainer):
 
     def explain(self, images: torch.Tensor, targets: Targets) -> Explanation:
         images = images.to(self.device)
-        pairs = batchnorm_pairs(self.model, images)
+        if self.model not in self._pairs:
+            self._pairs[self.model] = batchnorm_pairs(self.model, images)
+        pairs = self._pairs[self.model]
         bad = unsupported_layer(self.model, {id(norm) for _, norm in pairs})
         if bad is not None:
             raise ValueError(
