@@ -445,6 +445,23 @@ def test_clean_pass_refuses_a_bad_class_in_one_line_on_every_call(images, name):
     assert count_hooks(model) == 0
 
 
+def test_clean_pass_without_the_clean_rows_falls_back_to_a_logits_pass(images):
+    """A first pass that does not hold the clean batch (checked, not assumed) costs a separate logits pass
+    instead of recording the wrong rows; top-k classes then come from the true logits."""
+    from evalcam.methods.captum_methods import _CleanPass
+
+    model = net()
+    with torch.no_grad():
+        logits = model(images)
+    clean = _CleanPass(model, images, repeat=1, top_k=TopK(2))
+    shifted = images + 1.0
+    scores = clean(shifted)
+    torch.testing.assert_close(clean.logits, logits)
+    assert torch.equal(clean.classes, logits.topk(2, dim=1).indices)
+    with torch.no_grad():
+        torch.testing.assert_close(scores, model(shifted).gather(1, clean.classes[:, :1]).squeeze(1))
+
+
 def test_bench_rows_time_the_adapter_against_captum(images):
     from evalcam.bench.attribution import bench_rows, format_rows
 
