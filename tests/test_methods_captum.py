@@ -462,6 +462,25 @@ def test_clean_pass_without_the_clean_rows_falls_back_to_a_logits_pass(images):
         torch.testing.assert_close(scores, model(shifted).gather(1, clean.classes[:, :1]).squeeze(1))
 
 
+@pytest.mark.parametrize("name", ["deeplift", "lrp"])
+def test_structure_caches_follow_replaced_parameters_and_modules(images, name):
+    """DeepLift's twin and LRP's BatchNorm pairs are cached per model; a replaced parameter or module
+    rebuilds them, so the maps equal a fresh explainer's (a stale twin would keep the old weights)."""
+    model = net(shared=True)
+    explainer = build_explainer(name, bundle(model))
+    before = explainer(images, CLASSES)
+    torch.testing.assert_close(explainer(images, CLASSES), before)
+    model.fc.weight = nn.Parameter(model.fc.weight.detach().flip(0))
+    fresh = build_explainer(name, bundle(model))(images, CLASSES)
+    after = explainer(images, CLASSES)
+    torch.testing.assert_close(after, fresh)
+    assert float((after - before).abs().max()) > 1e-3
+    model.features[1] = nn.BatchNorm2d(6).eval()
+    fresh = build_explainer(name, bundle(model))(images, CLASSES)
+    torch.testing.assert_close(explainer(images, CLASSES), fresh)
+    assert count_hooks(model) == 0
+
+
 def test_bench_rows_time_the_adapter_against_captum(images):
     from evalcam.bench.attribution import bench_rows, format_rows
 

@@ -102,6 +102,12 @@ def slic_masks(images: torch.Tensor, n_segments: int, compactness: float) -> tor
     return torch.stack(masks)[:, None].to(images.device)
 
 
+def structure_key(model: nn.Module) -> tuple[int, ...]:
+    """Identity of ``model``'s modules, parameters and buffers (objects, not values): what a structure-derived
+    cache (DeepLift's twin, LRP's BatchNorm pairs) depends on. In-place weight changes keep it."""
+    return tuple(id(t) for t in (*model.modules(), *model.parameters(), *model.buffers()))
+
+
 class _Scored(nn.Module):
     """``x -> f(model(x))`` as a module (DeepLift hooks into its forward function's modules)."""
 
@@ -209,9 +215,12 @@ class CaptumAttribution(Explainer):
             resolve_layer(model, target_layer)
         self.target_layer = target_layer
         self.attribute_kwargs = attribute_kwargs
-        # model -> its DeepLift twin: the twin depends only on the model's structure, and the counting pass
-        # that builds it would cost a forward per call. Weak keys: a freed model takes its twin with it.
-        self._twins: weakref.WeakKeyDictionary[nn.Module, nn.Module | None] = weakref.WeakKeyDictionary()
+        # model -> (structure_key, its DeepLift twin): the twin depends only on the modules and the tensor
+        # objects it shares, and the counting pass that builds it would cost a forward per call. Rebuilt when
+        # a module or parameter object is replaced; weak keys: a freed model takes its twin with it.
+        self._twins: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], nn.Module | None]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # --- hooks for the named subclasses ---------------------------------------------------------------
 
@@ -271,11 +280,14 @@ class CaptumAttribution(Explainer):
     def _model(self, images: torch.Tensor) -> nn.Module:
         if not self.unshare:
             return self.model
-        if self.model not in self._twins:
+        key = structure_key(self.model)
+        cached = self._twins.get(self.model)
+        if cached is None or cached[0] != key:
             twin = unshare_activations(self.model, counts=count_calls(self.model, images[:1])[1])
             # None for "the model itself": a value referring to its own weak key would keep it alive.
-            self._twins[self.model] = None if twin is self.model else twin
-        return self._twins[self.model] or self.model
+            cached = (key, None if twin is self.model else twin)
+            self._twins[self.model] = cached
+        return cached[1] or self.model
 
     def _explain_clean_pass(self, images: torch.Tensor, targets: Targets) -> Explanation:
         """Class or top-k targets with a method whose first Captum pass holds the clean batch: the logits
