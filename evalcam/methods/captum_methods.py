@@ -9,6 +9,9 @@ maps ``[B, K, H, W]`` (input resolution) for every target spec of :mod:`evalcam.
   channel mean, which ranks pixels exactly as the signed sum does; hence ``"sum"`` is the default.
 - class targets go to Captum's ``target=`` (one Captum call per target column, the whole batch at once);
   callable targets ``f(logits) -> [B]`` become the forward function ``x -> f(model(x))``.
+- the logits (and top-k classes) of Input x Gradient, DeepLIFT and DeepLiftSHAP are read from the first
+  forward pass Captum makes anyway, which holds the clean batch (:class:`_CleanPass`); the other methods
+  never pass the clean batch and make one no-grad logits pass of their own before Captum runs.
 - methods that draw random numbers (SmoothGrad, Expected Gradients, LIME, KernelSHAP) run image by image,
   each under ``torch.random.fork_rng`` seeded with ``seed``: a map depends only on its image and the seed,
   never on the batch it came in or on global RNG state.
