@@ -388,18 +388,97 @@ def test_fullgrad_matches_pytorch_grad_cam_on_lite0(lite0, photo):
     assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) >= 0.99
 
 
-def test_input_x_gradient_reads_logits_from_captums_own_pass(images):
-    """From the second call on a model, the logits come from Captum's forward (no pass of their own):
-    still the model's logits, and a bad class is still refused in one line before Captum indexes."""
+CLEAN_PASS = {  # methods whose logits come from Captum's own first pass: (params, direct Captum call)
+    name: CASES[name][:2] for name in ("input_x_gradient", "deeplift", "deepliftshap")
+}
+
+
+def forward_counter(model: nn.Module) -> list[int]:
+    calls = [0]
+    model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("name", sorted(CLEAN_PASS))
+@pytest.mark.parametrize("k", [1, 2])
+def test_clean_pass_methods_take_logits_from_captums_pass(images, name, k):
+    """Top-k and class targets: one model pass per target column and nothing else (no logits pass, no
+    counting pass after the first call), logits equal to the model's, maps equal to Captum called with
+    the top-k classes to 1e-5."""
+    params, reference = CLEAN_PASS[name]
     model = net()
-    explainer = build_explainer("input_x_gradient", bundle(model))
-    first = explainer.explain(images, CLASSES)
-    second = explainer.explain(images, CLASSES)
+    explainer = build_explainer(name, bundle(model), **params)
+    explainer.explain(images, TopK(k))  # builds the DeepLift twin (one counting pass), cached afterwards
+    calls = forward_counter(model)
     with torch.no_grad():
-        torch.testing.assert_close(second.logits, model(images))
-    torch.testing.assert_close(second.maps, first.maps)
-    with pytest.raises(ValueError, match=r"^target class out of range: model has 5 classes \(0\.\.4\)$"):
-        explainer(images, torch.tensor([0, 1, 7]))
+        logits = model(images)
+    top = logits.topk(k, dim=1).indices
+    calls[0] = 0
+    for targets in (TopK(k), top):
+        ours = explainer.explain(images, targets)
+        torch.testing.assert_close(ours.logits, logits)
+        assert torch.equal(ours.classes, top)
+        for j in range(k):
+            expected = reference(model, images, top[:, j].tolist()).detach().sum(1)
+            assert float((ours.maps[:, j] - expected).abs().max()) <= 1e-5, (name, targets, j)
+    assert calls[0] == 2 * k + 2 * k  # ours: k passes per explain, twice; Captum's references: k
+    model._forward_hooks.clear()
+    assert count_hooks(model) == 0
+
+
+@pytest.mark.parametrize("name", sorted(CLEAN_PASS))
+def test_clean_pass_refuses_a_bad_class_in_one_line_on_every_call(images, name):
+    """The range is checked on each call inside Captum's first pass (no class count cached by model id,
+    which a freed model's reused id could fool), before Captum indexes with the class; hooks removed."""
+    params, _ = CLEAN_PASS[name]
+    model = net()
+    explainer = build_explainer(name, bundle(model), **params)
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"^target class out of range: model has 5 classes \(0\.\.4\)$"):
+            explainer(images, torch.tensor([0, 1, 7]))
+        explainer(images, CLASSES)
+    other = build_explainer(name, bundle(nn.Sequential(model, nn.Linear(5, 3)).eval()), **params)
+    with pytest.raises(ValueError, match=r"^target class out of range: model has 3 classes \(0\.\.2\)$"):
+        other(images, torch.tensor([0, 1, 4]))
+    with pytest.raises(ValueError, match=r"^got 2 targets for a batch of 3 images$"):
+        explainer(images, torch.tensor([0, 1]))
+    assert count_hooks(model) == 0
+
+
+def test_clean_pass_without_the_clean_rows_falls_back_to_a_logits_pass(images):
+    """A first pass that does not hold the clean batch (checked, not assumed) costs a separate logits pass
+    instead of recording the wrong rows; top-k classes then come from the true logits."""
+    from evalcam.methods.captum_methods import _CleanPass
+
+    model = net()
+    with torch.no_grad():
+        logits = model(images)
+    clean = _CleanPass(model, images, repeat=1, top_k=TopK(2))
+    shifted = images + 1.0
+    scores = clean(shifted)
+    torch.testing.assert_close(clean.logits, logits)
+    assert torch.equal(clean.classes, logits.topk(2, dim=1).indices)
+    with torch.no_grad():
+        torch.testing.assert_close(scores, model(shifted).gather(1, clean.classes[:, :1]).squeeze(1))
+
+
+@pytest.mark.parametrize("name", ["deeplift", "lrp"])
+def test_structure_caches_follow_replaced_parameters_and_modules(images, name):
+    """DeepLift's twin and LRP's BatchNorm pairs are cached per model; a replaced parameter or module
+    rebuilds them, so the maps equal a fresh explainer's (a stale twin would keep the old weights)."""
+    model = net(shared=True)
+    explainer = build_explainer(name, bundle(model))
+    before = explainer(images, CLASSES)
+    torch.testing.assert_close(explainer(images, CLASSES), before)
+    model.fc.weight = nn.Parameter(model.fc.weight.detach().flip(0))
+    fresh = build_explainer(name, bundle(model))(images, CLASSES)
+    after = explainer(images, CLASSES)
+    torch.testing.assert_close(after, fresh)
+    assert float((after - before).abs().max()) > 1e-3
+    model.features[1] = nn.BatchNorm2d(6).eval()
+    fresh = build_explainer(name, bundle(model))(images, CLASSES)
+    torch.testing.assert_close(explainer(images, CLASSES), fresh)
+    assert count_hooks(model) == 0
 
 
 def test_bench_rows_time_the_adapter_against_captum(images):

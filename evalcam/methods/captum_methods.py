@@ -9,6 +9,9 @@ maps ``[B, K, H, W]`` (input resolution) for every target spec of :mod:`evalcam.
   channel mean, which ranks pixels exactly as the signed sum does; hence ``"sum"`` is the default.
 - class targets go to Captum's ``target=`` (one Captum call per target column, the whole batch at once);
   callable targets ``f(logits) -> [B]`` become the forward function ``x -> f(model(x))``.
+- the logits (and top-k classes) of Input x Gradient, DeepLIFT and DeepLiftSHAP are read from the first
+  forward pass Captum makes anyway, which holds the clean batch (:class:`_CleanPass`); the other methods
+  never pass the clean batch and make one no-grad logits pass of their own before Captum runs.
 - methods that draw random numbers (SmoothGrad, Expected Gradients, LIME, KernelSHAP) run image by image,
   each under ``torch.random.fork_rng`` seeded with ``seed``: a map depends only on its image and the seed,
   never on the batch it came in or on global RNG state.
@@ -42,6 +45,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import random
+import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -101,6 +105,12 @@ def slic_masks(images: torch.Tensor, n_segments: int, compactness: float) -> tor
     return torch.stack(masks)[:, None].to(images.device)
 
 
+def structure_key(model: nn.Module) -> tuple[int, ...]:
+    """Identity of ``model``'s modules, parameters and buffers (objects, not values): what a structure-derived
+    cache (DeepLift's twin, LRP's BatchNorm pairs) depends on. In-place weight changes keep it."""
+    return tuple(id(t) for t in (*model.modules(), *model.parameters(), *model.buffers()))
+
+
 class _Scored(nn.Module):
     """``x -> f(model(x))`` as a module (DeepLift hooks into its forward function's modules)."""
 
@@ -112,18 +122,58 @@ class _Scored(nn.Module):
         return self.fn(self.model(x))
 
 
-class _Recorder(nn.Module):
-    """``model`` that keeps (detached) the output of its first call."""
+class _CleanPass(nn.Module):
+    """``model`` seen through Captum's own forward passes: it keeps the logits of the clean batch from the
+    first pass that contains it, so no separate logits pass is needed.
 
-    def __init__(self, model: nn.Module) -> None:
+    Captum's first pass of Input x Gradient is the batch itself, DeepLift's is ``cat(batch, baselines)`` and
+    DeepLiftShap's ``cat(batch.repeat_interleave(r), baselines.repeat(B))`` with ``r`` baselines: in all
+    three, row ``j`` of a pass belongs to image ``(j mod B*r) // r`` and rows ``r*i`` are the clean images
+    (checked with ``torch.equal``, not assumed). ``classes`` known: the pass is returned unchanged (Captum
+    indexes it with ``target=``), after checking the classes against the model's class count, before Captum
+    indexes with them (on CUDA a bad index is a device-side assert, not an exception). ``top_k`` instead:
+    the classes are the top-k of the recorded logits, and the pass returns each row's score for its image's
+    class ``column`` (Captum then runs with ``target=None``), which has the same gradient as Captum's
+    indexing. A first pass without the clean rows falls back to a separate logits pass: exact, never guessed.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        repeat: int,
+        classes: torch.Tensor | None = None,
+        top_k: TopK | None = None,
+    ) -> None:
         super().__init__()
-        self.model, self.first = model, None
+        self.model, self.images, self.repeat = model, images, repeat
+        self.classes, self.top_k = classes, top_k
+        self.logits: torch.Tensor | None = None
+
+    def _record(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        batch = self.images.shape[0]
+        rows = torch.arange(batch, device=x.device) * self.repeat
+        if x.shape[0] >= batch * self.repeat and torch.equal(x[rows], self.images):
+            self.logits = out[rows].detach().float()
+        else:
+            with torch.no_grad():
+                self.logits = self.model(self.images).detach().float()
+        if self.classes is None:
+            assert self.top_k is not None
+            self.classes, _ = resolve_targets(self.top_k, self.logits)
+        else:
+            resolve_targets(self.classes, self.logits)  # the one-line range / batch-size error
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
-        if self.first is None:
-            self.first = out.detach()
-        return out
+        if self.logits is None:
+            self._record(x, out)
+        if self.top_k is None:
+            return out
+        assert self.classes is not None
+        batch = self.images.shape[0]
+        image = (torch.arange(x.shape[0], device=x.device) % (batch * self.repeat)) // self.repeat
+        return out.gather(1, self.classes[image, :1]).squeeze(1)
 
 
 class CaptumAttribution(Explainer):
@@ -134,7 +184,7 @@ class CaptumAttribution(Explainer):
     stochastic: ClassVar[bool] = False
     # DeepLift keeps state on each activation module: reused modules get one copy per use.
     unshare: ClassVar[bool] = False
-    # Captum's first forward pass is on the unmodified batch (its output are the logits).
+    # Captum's first pass holds the clean batch (see _CleanPass): its logits are read there.
     clean_forward: ClassVar[bool] = False
 
     def __init__(
@@ -168,7 +218,12 @@ class CaptumAttribution(Explainer):
             resolve_layer(model, target_layer)
         self.target_layer = target_layer
         self.attribute_kwargs = attribute_kwargs
-        self._num_classes: dict[int, int] = {}  # id(model) -> classes, for the recorded-logits path
+        # model -> (structure_key, its DeepLift twin): the twin depends only on the modules and the tensor
+        # objects it shares, and the counting pass that builds it would cost a forward per call. Rebuilt when
+        # a module or parameter object is replaced; weak keys: a freed model takes its twin with it.
+        self._twins: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], nn.Module | None]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # --- hooks for the named subclasses ---------------------------------------------------------------
 
@@ -221,52 +276,59 @@ class CaptumAttribution(Explainer):
             per_image.append(self._seeded(forward, images[i : i + 1], one))
         return torch.cat(per_image)
 
-    def _explain_recording_logits(self, images: torch.Tensor, targets: Targets) -> Explanation | None:
-        """Class-index targets with a method whose Captum forward is the clean batch itself: the logits
-        are read from that forward instead of a pass of their own (Input x Gradient costs one forward and
-        one backward, so a separate logits pass would add half of it). None when this does not apply."""
-        if not self.clean_forward or isinstance(targets, TopK) or callable(targets):
-            return None
-        classes = torch.as_tensor(targets, device=images.device, dtype=torch.long)
-        if classes.ndim == 0:
-            classes = classes.expand(images.shape[0])
-        classes = classes[:, None] if classes.ndim == 1 else classes
-        # Targets are checked before Captum indexes with them (on CUDA a bad index is a device-side
-        # assert, not an exception): against the class count seen on this model by an earlier call; the
-        # first call on a model takes the ordinary path, which checks them against its own logits.
-        known = self._num_classes.get(id(self.model))
-        if (
-            known is None
-            or classes.shape[0] != images.shape[0]
-            or not bool(((classes >= 0) & (classes < known)).all())
-        ):
-            return None
-        recorder = _Recorder(self.model)
-        first = self.attributions(images, classes[:, 0], recorder)
-        assert recorder.first is not None
-        logits = recorder.first.float()
-        classes, _ = resolve_targets(targets, logits)
-        assert classes is not None
+    def clean_repeat(self) -> int:
+        """How often Captum's first pass repeats each clean image (see :class:`_CleanPass`)."""
+        return 1
+
+    def _model(self, images: torch.Tensor) -> nn.Module:
+        if not self.unshare:
+            return self.model
+        key = structure_key(self.model)
+        cached = self._twins.get(self.model)
+        if cached is None or cached[0] != key:
+            twin = unshare_activations(self.model, counts=count_calls(self.model, images[:1])[1])
+            # None for "the model itself": a value referring to its own weak key would keep it alive.
+            cached = (key, None if twin is self.model else twin)
+            self._twins[self.model] = cached
+        return cached[1] or self.model
+
+    def _explain_clean_pass(self, images: torch.Tensor, targets: Targets) -> Explanation:
+        """Class or top-k targets with a method whose first Captum pass holds the clean batch: the logits
+        come from that pass (Input x Gradient costs one forward and one backward, DeepLift one of each on
+        twice the batch, so a logits pass of its own would add a sixth to a half of the time)."""
+        model = self._model(images)
+        if isinstance(targets, TopK):
+            clean = _CleanPass(model, images, self.clean_repeat(), top_k=targets)
+            first = self.attributions(images, None, clean)
+        else:
+            classes = torch.as_tensor(targets, device=images.device, dtype=torch.long)
+            classes = classes.expand(images.shape[0]) if classes.ndim == 0 else classes
+            classes = classes[:, None] if classes.ndim == 1 else classes
+            if classes.shape[0] != images.shape[0]:
+                raise ValueError(f"got {classes.shape[0]} targets for a batch of {images.shape[0]} images")
+            clean = _CleanPass(model, images, self.clean_repeat(), classes=classes)
+            first = self.attributions(images, classes[:, 0], clean)
+        assert clean.logits is not None and clean.classes is not None
+        classes = clean.classes
         columns = [reduce_channels(first, self.reduce)]
         for k in range(1, classes.shape[1]):
-            columns.append(reduce_channels(self.attributions(images, classes[:, k], self.model), self.reduce))
+            columns.append(reduce_channels(self.attributions(images, classes[:, k], model), self.reduce))
         self.model.zero_grad(set_to_none=True)
-        return Explanation(maps=torch.stack(columns, 1), logits=logits, classes=classes)
+        return Explanation(maps=torch.stack(columns, 1), logits=clean.logits, classes=classes)
 
     def explain(self, images: torch.Tensor, targets: Targets) -> Explanation:
         images = images.to(self.device)
-        recorded = self._explain_recording_logits(images, targets)
-        if recorded is not None:
-            return recorded
-        model = self.model
+        if (
+            self.clean_forward
+            and not self.stochastic
+            and not self.needs_layer
+            and not (callable(targets) and not isinstance(targets, torch.Tensor | TopK))
+        ):
+            return self._explain_clean_pass(images, targets)
+        model = self._model(images)
         with torch.no_grad(), self._autocast():
-            if self.unshare:  # the logits pass also counts the calls of each activation module
-                logits, counts = count_calls(self.model, images)
-                model = unshare_activations(self.model, counts=counts)
-            else:
-                logits = self.model(images)
+            logits = self.model(images)
         logits = logits.float()
-        self._num_classes = {id(self.model): logits.shape[1]}
         classes, score_fns = resolve_targets(targets, logits)
         columns = []
         for fn in score_fns:
@@ -333,6 +395,7 @@ class DeepLift(CaptumAttribution):
     name = "deeplift"
     captum_class = "DeepLift"
     unshare = True
+    clean_forward = True
 
     def __init__(self, model: nn.Module, baseline: float = 0.0, eps: float = 1e-10, **kwargs: Any) -> None:
         super().__init__(model, baselines=baseline, init={"eps": eps}, **kwargs)
@@ -357,6 +420,10 @@ class DeepLiftShap(_DistributionBaselines):
     name = "deepliftshap"
     captum_class = "DeepLiftShap"
     unshare = True
+    clean_forward = True
+
+    def clean_repeat(self) -> int:
+        return self.num_baselines
 
 
 class ExpectedGradients(_DistributionBaselines):

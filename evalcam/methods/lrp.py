@@ -21,6 +21,7 @@ zennit is a base dependency (``pyproject.toml``); a missing install gets a one-l
 from __future__ import annotations
 
 import importlib
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from evalcam.methods.base import Explainer, Explanation, Targets, resolve_targets
-from evalcam.methods.captum_methods import reduce_channels
+from evalcam.methods.captum_methods import reduce_channels, structure_key
 from evalcam.methods.hooks import forward_hooks
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box")
@@ -108,6 +109,11 @@ class LRP(Explainer):
             reduce,
         )
         self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+        # model -> (structure_key, traced (linear, BatchNorm) pairs): the pairs depend on the model's modules
+        # only, and the trace costs a forward pass per call. Weak keys: a freed model takes its entry along.
+        self._pairs: weakref.WeakKeyDictionary[
+            nn.Module, tuple[tuple[int, ...], list[tuple[nn.Module, nn.Module]]]
+        ] = weakref.WeakKeyDictionary()
 
     @classmethod
     def applies_to(cls, model: nn.Module) -> bool:
@@ -141,7 +147,12 @@ class LRP(Explainer):
 
     def explain(self, images: torch.Tensor, targets: Targets) -> Explanation:
         images = images.to(self.device)
-        pairs = batchnorm_pairs(self.model, images)
+        key = structure_key(self.model)
+        cached = self._pairs.get(self.model)
+        if cached is None or cached[0] != key:
+            cached = (key, batchnorm_pairs(self.model, images))
+            self._pairs[self.model] = cached
+        pairs = cached[1]
         bad = unsupported_layer(self.model, {id(norm) for _, norm in pairs})
         if bad is not None:
             raise ValueError(
