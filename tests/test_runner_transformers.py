@@ -106,3 +106,56 @@ def test_cli_refuses_attention_rollout_on_a_cnn_in_one_line(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "attention_rollout needs a transformer" in lines[0]
     assert "EfficientNetLite has none" in lines[0] and "use gradcam" in lines[0]
+
+
+# The Quantus/LATEC families (issue 18) at toy sizes: every one runs through the runner on a transformer.
+FAMILIES = {
+    "sparseness": [],
+    "complexity": [],
+    "effective_complexity": [],
+    "relevance_mass": ["boxes_as_masks=true"],
+    "relevance_rank": ["boxes_as_masks=true"],
+    "attribution_localisation": ["boxes_as_masks=true"],
+    "topk_intersection": ["boxes_as_masks=true", "k=20"],
+    "mask_auc": ["boxes_as_masks=true"],
+    "focus": [],
+    "max_sensitivity": ["samples=2"],
+    "local_lipschitz": ["samples=2"],
+    "relative_input_stability": ["samples=2"],
+    "relative_output_stability": ["samples=2"],
+    "relative_representation_stability": ["samples=2"],
+    "continuity": [],
+    "emprt": [],
+    "smprt": ["samples=2"],
+    "random_logit": [],
+    "road": ["percentages=[30,70]"],
+    "irof": ["n_segments=20", "compactness=0.1"],
+    "pixel_flipping": ["steps=8"],
+    "region_perturbation": ["patch_size=8", "regions=3"],
+    "faithfulness_correlation": ["runs=4", "subset_size=8"],
+    "faithfulness_estimate": ["steps=8"],
+    "monotonicity_correlation": ["steps=4", "samples=2"],
+    "sufficiency": [],
+    "infidelity": ["patch_size=8", "stride=8"],
+}
+
+
+@pytest.mark.filterwarnings("ignore:.*randomly initialised:UserWarning")
+def test_the_quantus_and_latec_families_run_on_a_toy_deit(tmp_path):
+    settings = [f"metrics.{name}.{kv}" for name, kvs in FAMILIES.items() for kv in kvs]
+    config = make_config(
+        tmp_path,
+        *TOY_DEIT,
+        "method=gradcam",
+        f"metrics=[{','.join(FAMILIES)}]",
+        *settings,
+        *[s for s in SMALL if not s.startswith(("dataset.limit", "batch_size"))],
+        "dataset.limit=3",
+        "batch_size=3",
+        "stats.bootstrap=0",
+    )
+    m = run(config).metrics
+    for name in FAMILIES:
+        keys = [k for k in m if k.startswith(f"{name}/")]
+        assert keys, name
+        assert all(math.isfinite(m[k]) for k in keys), {k: m[k] for k in keys}
