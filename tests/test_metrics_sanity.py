@@ -94,7 +94,7 @@ def test_a_registered_method_is_rebuilt_on_the_copy_not_re_pointed(monkeypatch):
         raise AssertionError("an explainer with a recipe must be rebuilt, not re-pointed")
 
     monkeypatch.setattr(sanity, "rebind_explainer", refuse)
-    model = TinyNet().eval()
+    model = TinyNet(spare=True).eval()
     explainer = build_explainer("gradcam", _batch(GradCAM(model, "act2"), model).bundle)
     metric = CascadingRandomization(steps=3)
     metric.update(_batch(explainer, model))
