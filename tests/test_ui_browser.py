@@ -389,7 +389,8 @@ def test_compare_two_methods_in_mlflow_ui(browser_page, two_runs, mlflow_server,
     assert len(experiments) == 1, "both methods belong in the same <dataset>/<model> experiment"
     (experiment_id,) = experiments
     names = [two_runs[m]["name"] for m in METHODS]
-    assert names == [f"{m}·efficientnet_lite0·sample" for m in METHODS]
+    # The run name carries what sets the run apart from the defaults (here the image limit).
+    assert names == [f"{m}·efficientnet_lite0·sample (limit=3)" for m in METHODS]
 
     # The experiment's runs table lists both methods.
     page.goto(ui.runs_url(mlflow_server, experiment_id))
