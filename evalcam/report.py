@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from evalcam.experiments import compose_many, load_experiment, sweep_overrides
-from evalcam.stats.report_stats import interval_text
+from evalcam.stats.report_stats import GroupStats, group_stats, interval_text
 from evalcam.tracking import flatten
 
 # Params that tell configurations of one table apart (everything else is fixed by the profile).
@@ -73,7 +73,7 @@ class Report:
     spec: dict[str, Any]
     rows: list[Row]
     tracking_uri: str
-    significance: dict[tuple[str, ...], list[str]] = field(default_factory=dict)  # per group
+    significance: dict[tuple[str, ...], GroupStats | None] = field(default_factory=dict)  # per group
 
     @property
     def name(self) -> str:
@@ -189,11 +189,9 @@ def collect(
     order = {name: i for i, name in enumerate(spec["profiles"])}
     ordered = sorted(rows.values(), key=lambda r: (order[r.profile], r.dataset, r.model, r.method))
     report = Report(spec=spec, rows=ordered, tracking_uri=uri)
-    from evalcam.stats.report_stats import group_lines
-
     for key in sorted({(r.profile, r.model, r.dataset, str(r.limit)) for r in ordered}):
         group = [r for r in ordered if (r.profile, r.model, r.dataset, str(r.limit)) == key]
-        report.significance[key] = group_lines(group, spec, client)
+        report.significance[key] = group_stats(group, spec, client)
     return report
 
 
@@ -252,18 +250,25 @@ def _ranking(rows: Sequence[Row], values: dict[str, float], reverse: bool, digit
 
 
 def orderings(report: Report, profile: str) -> list[str]:
-    """Method rankings per (model, data) by each column, ours vs published where the paper has them.
-    Columns on which every method scores the same (e.g. classification error) are left out."""
+    """Method rankings per (model, data) by each column, ours vs published where the paper has them, each with
+    what is significant (paired test against the best estimate, Holm-corrected), then the group's ranking
+    across columns. Columns on which every method scores the same (e.g. classification error) are left out."""
     spec, lines = report.spec, []
     rows = [r for r in report.rows if r.profile == profile]
     for model, dataset, limit in sorted({(r.model, r.dataset, r.limit) for r in rows}, key=str):
         group = [r for r in rows if (r.model, r.dataset, r.limit) == (model, dataset, limit)]
+        where = "" if limit in (None, "None") else f" (limit {limit})"
+        stats = report.significance.get((profile, model, dataset, str(limit)))
+        if stats is not None:
+            lines.append(f"{model} on {dataset}{where}: {stats.header()}")
         for metric, column in spec["columns"].items():
             reverse, digits = _better(spec, metric) == "higher", _digits(spec, metric)
             ours = [r for r in group if not math.isnan(r.ours.get(metric, float("nan")))]
             if len({round(r.ours[metric], digits) for r in ours}) < 2:
                 continue
-            text = _ranking(ours, {r.method: r.ours[metric] for r in ours}, reverse, digits)
+            text = "estimates " + _ranking(ours, {r.method: r.ours[metric] for r in ours}, reverse, digits)
+            significance = stats.metric_text(metric) if stats is not None else ""
+            text += f"; {significance}" if significance else ""
             theirs = [r for r in ours if r.published.get(metric) is not None]
             if len(theirs) >= 2:
                 published = {r.method: float(r.published[metric]) for r in theirs}  # type: ignore[arg-type]
@@ -276,15 +281,12 @@ def orderings(report: Report, profile: str) -> list[str]:
                 )
                 text += (
                     f"; published ({theirs[0].published_model}): "
-                    f"{_ranking(theirs, published, reverse, digits)} — {verdict}"
+                    f"{_ranking(theirs, published, reverse, digits)} — {verdict} of the estimates"
                 )
-            where = "" if limit in (None, "None") else f" (limit {limit})"
             label = column.get("label", metric)
             lines.append(f"{model} on {dataset}{where}, {label} ({_better(spec, metric)} is better): {text}")
-    for (prof, model, dataset, limit), extra in report.significance.items():
-        if prof == profile and extra:
-            where = "" if limit in (None, "None") else f" (limit {limit})"
-            lines += [f"{model} on {dataset}{where}: {line}" for line in extra]
+        if stats is not None and stats.ranking:
+            lines.append(f"{model} on {dataset}{where}: {stats.ranking}")
     return lines
 
 

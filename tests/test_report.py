@@ -197,7 +197,7 @@ def test_report_numbers_equal_the_runs_metrics_and_delta_is_ours_minus_published
         float(line["ours_ci_low"]) <= float(line["ours"]) <= float(line["ours_ci_high"]) for line in lines
     )
     # Each group states what is significant and where every method ranks across the table's metrics.
-    assert "Significance on 2 shared images" in markdown
+    assert "Significance on the 2 images all runs share" in markdown
     assert "Ranking across the table's metrics (LATEC median of standardised ranks" in markdown
     # The header states what was actually used: model, weights file, data and limit, run ids.
     assert "efficientnet_lite0" in markdown and "lite0-" in markdown
