@@ -13,7 +13,7 @@ from conftest import map_batch, shared_subdir
 
 from evalcam.data import build_dataset
 from evalcam.data.types import Sample
-from evalcam.metrics import build_metrics
+from evalcam.metrics import build_metrics, mask_localization
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.complexity import Complexity, EffectiveComplexity, Sparseness
 from evalcam.metrics.focus import Focus, build_mosaics, plan_mosaics
@@ -366,3 +366,48 @@ def test_focus_counts_degenerate_mosaic_maps(bad):
     assert records[0]["focus.focus"] == 0.5 and records[0]["focus.degenerate"] is True
     assert not any(math.isnan(v) for v in out.values())
     assert all(0 <= r["focus.focus"] <= 1 for r in records)
+
+
+@pytest.mark.parametrize("chunk_pixels", [None, 2 * SMALL[0] * SMALL[1]])
+def test_images_of_different_sizes_in_one_batch_score_as_one_at_a_time(coco, monkeypatch, chunk_pixels):
+    # The accumulator resamples and scores the images of one size together (in chunks of at most
+    # _CHUNK_PIXELS, here also 2 maps): interleaved sizes, a degenerate map and a skipped (empty-region)
+    # class must land on the right image and class.
+    if chunk_pixels is not None:
+        monkeypatch.setattr(mask_localization, "_CHUNK_PIXELS", chunk_pixels)
+    big = []
+    for s in coco[:2]:
+        masks = {
+            c: F.interpolate(m[None, None].float(), size=(72, 96), mode="nearest")[0, 0] > 0
+            for c, m in s.masks.items()
+        }
+        big.append(
+            Sample(
+                image=torch.zeros(3, 72, 96, dtype=torch.uint8),
+                image_id=s.image_id + "b",
+                labels=list(s.labels),
+                masks=masks,
+            )
+        )
+    samples = [coco[0], big[0], coco[1], big[1]]
+    width = max(len(s.labels) for s in samples)
+    classes = [s.labels + [-1] * (width - len(s.labels)) for s in samples]
+    maps = torch.rand(4, width, 6, 8, generator=torch.Generator().manual_seed(2))
+    maps[2, 0] = 0.0  # degenerate
+    empty = dict(samples[1].masks)
+    empty[samples[1].labels[0]] = torch.zeros(72, 96, dtype=torch.bool)  # no region: skipped
+    samples[1] = Sample(image=samples[1].image, image_id="empty", labels=samples[1].labels, masks=empty)
+    for cls in MASK_METRICS:
+        params = {"k": 50} if cls is TopKIntersection else {}
+        together = cls(**params)
+        records = together.update(_batch(samples, maps, classes))
+        alone = [cls(**params) for _ in samples]
+        expected = [
+            m.update(_batch([s], maps[i : i + 1], classes[i : i + 1]))[0]
+            for i, (m, s) in enumerate(zip(alone, samples, strict=True))
+        ]
+        assert records == expected, cls.name
+        for other in alone[1:]:
+            alone[0].merge(other)
+        assert together.compute() == pytest.approx(alone[0].compute())
+        assert together.compute()["degenerate_maps"] == 1 and together.compute()["skipped"] >= 1

@@ -61,9 +61,12 @@ class _ComplexityMetric(Metric):
             key: torch.full((maps.shape[0],), v, dtype=torch.float64, device=self.device)
             for key, v in self.uniform(n).items()
         }
-        if bool((~degenerate).any()):
-            for key, value in self.scores(maps[~degenerate]).items():
-                values[key][~degenerate] = value
+        valid = ~degenerate
+        if bool(valid.all()):  # the usual case: no copy of the maps
+            values = self.scores(maps)
+        elif bool(valid.any()):
+            for key, value in self.scores(maps[valid]).items():
+                values[key][valid] = value
         for key in self.keys:
             setattr(self, f"sum_{key}", getattr(self, f"sum_{key}") + values[key].sum())
         self.images = self.images + maps.shape[0]

@@ -41,6 +41,9 @@ from evalcam.metrics.pointing import _gt_pairs
 from evalcam.metrics.regions import class_mask, not_evaluated
 from evalcam.requirements import Needs
 
+#: pixels of resampled maps scored in one call (~64 MB as float32)
+_CHUNK_PIXELS = 1 << 24
+
 
 class _MaskMetric(Metric):
     """One score per (image, ground-truth class) pair against the class's mask."""
@@ -78,44 +81,71 @@ class _MaskMetric(Metric):
         return class_mask(sample, cls)
 
     def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
-        records = []
-        for i, (sample, pairs) in enumerate(zip(batch.samples, _gt_pairs(batch), strict=True)):
-            cols, classes, masks = [], [], []
-            per_class: list[float | None] = []
+        all_pairs = _gt_pairs(batch)
+        # Which (image, class) pairs are scored, in order; images of one size are resampled and scored
+        # together (one upsampling call and one batched score per size, not one per image).
+        kept: list[list[tuple[int, int]]] = []
+        groups: dict[tuple[int, int], list[tuple[int, int, torch.Tensor]]] = {}
+        skipped = 0
+        for i, (sample, pairs) in enumerate(zip(batch.samples, all_pairs, strict=True)):
+            row = []
             for col, cls in pairs:
                 mask = None if not_evaluated(sample, cls) else self._mask(sample, cls)
                 if mask is None or not self.usable(mask):
-                    self.skipped = self.skipped + 1
+                    skipped += 1
                     continue
-                cols.append(col)
-                classes.append(cls)
-                masks.append(mask)
-            values = torch.zeros(0, dtype=torch.float64)
-            if cols:
-                raw = batch.gt_maps[i, cols].to(self.device)
-                degenerate = degenerate_rows(raw)
-                maps = upsample(raw, sample.size)
-                stacked = torch.stack(masks).to(self.device)
-                values = torch.full(
-                    (len(cols),), self.degenerate_score, dtype=torch.float64, device=self.device
-                )
-                if bool((~degenerate).any()):
-                    values[~degenerate] = self.score(maps[~degenerate], stacked[~degenerate])
-                self.degenerate = self.degenerate + degenerate.sum().double()
-                self.pairs = self.pairs + len(cols)
-                self.total = self.total + values.mean()
+                row.append((col, cls))
+                groups.setdefault(sample.size, []).append((i, col, mask))
+            kept.append(row)
+        scores: dict[tuple[int, int], float] = {}
+        degenerate_total = 0
+        for size, group in groups.items():
+            # chunks bound the memory of the resampled maps (many classes of large images)
+            step = max(1, _CHUNK_PIXELS // (size[0] * size[1]))
+            for members in (group[j : j + step] for j in range(0, len(group), step)):
+                degenerate_total += self._score_members(batch, size, members, scores)
+        self.skipped = self.skipped + skipped
+        self.degenerate = self.degenerate + degenerate_total
+        records = []
+        for i, (pairs, row) in enumerate(zip(all_pairs, kept, strict=True)):
+            mean = None
+            if row:
+                values = torch.tensor([scores[(i, col)] for col, _ in row], dtype=torch.float64)
+                mean = values.mean()
+                self.pairs = self.pairs + len(row)
+                self.total = self.total + mean.to(self.device)
                 self.images = self.images + 1
-                values = values.cpu()
-            scored = dict(zip(classes, values.tolist(), strict=True))
-            per_class = [scored.get(c) for _, c in pairs]
+            scored = {cls: scores[(i, col)] for col, cls in row}
             records.append(
                 self.record(
-                    {self.key: float(values.mean()) if cols else None},
+                    {self.key: None if mean is None else float(mean)},
                     classes=[c for _, c in pairs],
-                    per_class=per_class,
+                    per_class=[scored.get(c) for _, c in pairs],
                 )
             )
         return records
+
+    def _score_members(
+        self,
+        batch: EvalBatch,
+        size: tuple[int, int],
+        members: list[tuple[int, int, torch.Tensor]],
+        scores: dict[tuple[int, int], float],
+    ) -> int:
+        """Scores (image, column, mask) pairs of one image size into ``scores``; returns how many of their
+        maps were degenerate (scored ``degenerate_score``)."""
+        rows = torch.tensor([i for i, _, _ in members])
+        cols = torch.tensor([col for _, col, _ in members])
+        raw = batch.gt_maps[rows, cols].to(self.device)
+        degenerate = degenerate_rows(raw)  # judged on the method's map, before resampling
+        values = torch.full((len(members),), self.degenerate_score, dtype=torch.float64)
+        valid = (~degenerate).cpu()
+        if bool(valid.any()):
+            maps = upsample(raw[valid.to(raw.device)], size)
+            masks = torch.stack([m for (_, _, m), ok in zip(members, valid.tolist(), strict=True) if ok])
+            values[valid] = self.score(maps, masks.to(self.device)).cpu()
+        scores.update(zip([(i, col) for i, col, _ in members], values.tolist(), strict=True))
+        return int(degenerate.sum())
 
     def compute(self) -> dict[str, float]:
         mean = safe_ratio(self.total, self.images) if float(self.images) > 0 else 0.0

@@ -16,14 +16,6 @@ import numpy as np
 import torch
 
 
-def sorted_values(x: torch.Tensor) -> torch.Tensor:
-    """``x`` sorted ascending along the last dimension, in its own dtype. On the CPU through NumPy, whose
-    vectorised sort is ~3x faster than ``torch.sort`` there (the sort is these metrics' whole cost)."""
-    if x.device.type == "cpu":
-        return torch.from_numpy(np.sort(x.detach().numpy(), axis=-1))
-    return x.sort(dim=-1).values
-
-
 def _rows(a: torch.Tensor) -> torch.Tensor:
     return a.reshape(a.shape[0], -1).double()
 
@@ -45,11 +37,28 @@ def gini(a: torch.Tensor) -> torch.Tensor:
     """Gini index of ``|a|`` per row (Chalasani et al., ICML 2020, "sparseness"; Hurley & Rickard
     2009): ``sum_k (2k - n - 1) |a|_(k) / (n sum |a|)`` over ascending order statistics. 0 for a uniform
     map, ``1 - 1/n`` for a single non-zero pixel. Quantus ``Sparseness`` adds 1e-7 to every value first,
-    which moves the result by < 1e-6 on max-normalised maps."""
-    x = sorted_values(a.reshape(a.shape[0], -1).abs()).double()
-    n = x.shape[-1]
-    k = torch.arange(1, n + 1, dtype=torch.float64, device=x.device)
-    return ((2 * k - n - 1) * x).sum(-1) / (n * x.sum(-1))
+    which moves the result by < 1e-6 on max-normalised maps.
+
+    One sort of the whole ``[N, n]`` batch (in the map's dtype) is the whole cost; the weighted sum is one
+    float64 matrix-vector product. On the CPU the sort goes through NumPy, ~2.7x faster than
+    ``torch.sort`` there."""
+    flat = a.detach().reshape(a.shape[0], -1)
+    if flat.device.type != "cpu":
+        return _gini_torch(flat)
+    n = flat.shape[-1]
+    x = np.abs(flat.numpy())  # a new array: sorted in place, no second copy
+    x.sort(axis=-1)
+    x = x.astype(np.float64, copy=False)
+    weights = np.arange(1 - n, n, 2, dtype=np.float64)  # 2k - n - 1 for k = 1 .. n
+    return torch.from_numpy((x @ weights) / (n * x.sum(-1)))
+
+
+def _gini_torch(flat: torch.Tensor) -> torch.Tensor:
+    """:func:`gini` of ``[N, n]`` rows with ``torch.sort`` (GPU path; same formula)."""
+    n = flat.shape[-1]
+    x = flat.abs().sort(dim=-1).values.double()
+    weights = torch.arange(1 - n, n, 2, dtype=torch.float64, device=x.device)
+    return (x @ weights) / (n * x.sum(-1))
 
 
 def entropy(a: torch.Tensor) -> torch.Tensor:
@@ -137,20 +146,45 @@ def roc_auc(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Area under the ROC curve of the map as a pixel classifier of the mask (Fawcett 2006; what Quantus
     ``AUC`` computes with ``sklearn.metrics.roc_curve`` + ``auc``). The trapezoidal area of the ROC curve
     with one point per distinct value equals the Mann-Whitney statistic with ties counted one half:
-    ``P(a_mask > a_background) + P(a_mask == a_background) / 2`` over all (mask, background) pixel pairs,
-    counted by binary search of the sorted mask values in the sorted background values. Rows need both
-    mask and background pixels."""
-    x = a.reshape(a.shape[0], -1)
-    m = s.reshape(s.shape[0], -1).bool()
-    out = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    ``U = #(a_mask > a_background) + #(a_mask == a_background) / 2`` over all (mask, background) pixel
+    pairs, divided by their number. Rows need both mask and background pixels.
+
+    ``2U`` is an exact integer, so the result does not depend on how it is counted: on the CPU per row by
+    binary search of the sorted mask values in the sorted background values (the two sorts together cost
+    one sort of the row; the second search, for ties, only runs on the mask values that have a tie); on
+    other devices batched over all rows by the rank-sum form (:func:`_roc_auc_ranks`)."""
+    if a.device.type != "cpu":
+        return _roc_auc_ranks(a, s)
+    x = a.detach().reshape(a.shape[0], -1).numpy()
+    m = s.reshape(s.shape[0], -1).bool().numpy()
+    out = np.empty(x.shape[0], dtype=np.float64)
     for i in range(x.shape[0]):  # mask sizes differ per row
-        background = sorted_values(x[i][~m[i]])
-        inside = sorted_values(x[i][m[i]])  # sorted queries keep the binary searches cache-friendly
-        below = torch.searchsorted(background, inside, right=False)
-        below_or_tied = torch.searchsorted(background, inside, right=True)
-        pairs = float(inside.numel()) * float(background.numel())
-        out[i] = float((below + below_or_tied).double().sum()) / (2 * pairs)
-    return out
+        background, inside = x[i][~m[i]], x[i][m[i]]  # copies: sorted in place
+        background.sort()
+        inside.sort()  # sorted queries keep the binary searches cache-friendly
+        below = np.searchsorted(background, inside, side="left")
+        tied = background[np.minimum(below, background.size - 1)] == inside
+        twice_u = 2 * int(below.sum())
+        if tied.any():
+            twice_u += int((np.searchsorted(background, inside[tied], side="right") - below[tied]).sum())
+        out[i] = twice_u / (2 * inside.size * background.size)
+    return torch.from_numpy(out)
+
+
+def _roc_auc_ranks(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """:func:`roc_auc` batched without a per-row loop (what a GPU wants): one sort of all values per row,
+    the mid-rank of every pixel from two binary searches in it, and ``2U = 2 R_mask - m (m + 1)`` with
+    ``R_mask`` the mask's rank sum (ties get mid-ranks), in exact integers."""
+    x = a.detach().reshape(a.shape[0], -1)
+    m = s.reshape(s.shape[0], -1).bool()
+    ordered = x.sort(dim=-1).values
+    left = torch.searchsorted(ordered, x, right=False)
+    right = torch.searchsorted(ordered, x, right=True)
+    twice_rank_sum = ((left + right + 1) * m).sum(-1)  # 2 x (1-based mid-rank) summed over the mask
+    inside = m.sum(-1)
+    background = m.shape[-1] - inside
+    twice_u = twice_rank_sum - inside * (inside + 1)
+    return twice_u.double() / (2 * inside * background).double()
 
 
 def quadrant_share(a: torch.Tensor, quadrants: torch.Tensor) -> torch.Tensor:
