@@ -1,14 +1,18 @@
-"""evalcam's faithfulness family against Quantus 0.6 on identical maps: time ratios and forward counts.
+"""evalcam's faithfulness family against its own forward floor and Quantus 0.6 on identical maps.
 
 :func:`bench_rows` builds one batch (EfficientNet-Lite0 by default, ``images`` packaged photos and their
-mirror images at 224 px, CPU), one set of smooth random maps (seeded), and runs each metric once per side
-with matched settings (same steps, baseline value 0 in the normalized input space, softmax scores), after
-one untimed warm-up forward. Each row holds the wall times, ``ratio = quantus_s / evalcam_s`` (above 1:
-evalcam is faster), and the images pushed through the network by full forwards on each side (counted by a
-forward pre-hook on the model; copies that evalcam's incremental re-inference scores by re-computing only
-the cone of their changed region are not forwards: infidelity's squares, and the first, local steps of the
-cumulative games, which the row's note counts). Quantus is optional: without it the rows carry
-evalcam's numbers only. ``benchmarks/bench_faithfulness.py`` prints the table.
+mirror images at 224 px, CPU), one set of smooth random maps (seeded), and runs each metric with matched
+settings on both sides (same steps, baseline value 0 in the normalized input space, softmax scores, forward
+batches of ``images`` inputs). Per metric and repeat, interleaved: evalcam's ``update``, then its **forward
+floor** (bare ``torch.no_grad`` forwards of the same model with the batch sizes evalcam's full forwards had,
+recorded by a forward pre-hook, plain NCHW inputs as a user's loop would pass them), then Quantus. Rows hold
+medians of process CPU seconds (steadier than wall time on a shared host; wall ratios too),
+``time_floor = evalcam / floor`` and ``ratio = Quantus / evalcam`` (above 1: evalcam is faster).
+
+Copies scored by incremental re-inference (only the cone of their changed region) are not forwards; their
+clean passes are. For such rows ``dense_floor_s`` is the floor of scoring every copy by a full forward
+(chunks of ``images``). Quantus is optional: without it the rows carry evalcam's numbers only.
+``benchmarks/bench_faithfulness.py`` prints the table.
 """
 
 from __future__ import annotations
