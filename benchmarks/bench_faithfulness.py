@@ -1,4 +1,4 @@
-"""Print evalcam's faithfulness family against Quantus (time ratios, forwards), Lite0, CPU."""
+"""Print evalcam's faithfulness family against its forward floor and Quantus (CPU seconds), Lite0, CPU."""
 
 from __future__ import annotations
 
@@ -13,7 +13,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--steps", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are printed")
     parser.add_argument("--metrics", nargs="*", default=None)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    print(format_rows(bench_rows(args.images, args.steps, args.metrics)))
+    before = os.getloadavg()
+    table = format_rows(bench_rows(args.images, args.steps, args.metrics, args.repeats))
+    after = os.getloadavg()
+    print(table)
+    print(
+        f"\n{args.images} images, {args.steps} steps, {args.repeats} repeats (medians), "
+        f"{torch.get_num_threads()} thread(s); load average {before[0]:.2f} before, {after[0]:.2f} after"
+    )

@@ -417,6 +417,7 @@ def test_bench_refuses_step_counts_quantus_cannot_match():
 
     with pytest.raises(ValueError, match=r"steps=16 must be 3\*m with m dividing 224\*224"):
         bench_rows(images=1, steps=16)
-    row = {"metric": "irof", "evalcam_s": 1.5, "evalcam_forwards": 12, "quantus_s": None}
-    row |= {"quantus_forwards": None, "ratio": None, "note": "no peer"}
-    assert format_rows([row]).splitlines()[-1] == "| irof | 1.50 | 12 | n/a | n/a | n/a | no peer |"
+    row = {"metric": "irof", "evalcam_s": 1.5, "evalcam_forwards": 12, "quantus_s": None, "floor_s": 1.25}
+    row |= {"time_floor": 1.2, "quantus_forwards": None, "ratio": None, "wall_ratio": None, "note": "no peer"}
+    line = "| irof | 12 / n/a | 1.50 | 1.25 | 1.20x | n/a | n/a; n/a | no peer |"
+    assert format_rows([row]).splitlines()[-1] == line

@@ -76,6 +76,35 @@ def test_stepped_scores_equal_full_forwards_and_take_the_incremental_path():
     assert torch.allclose(ours[:, 0], clean, atol=1e-6)
 
 
+def test_nested_steps_chain_from_the_previous_copy_and_skip_repeated_inputs():
+    batch = _batch()
+    model, inputs = batch.bundle.model, batch.inputs
+    classes = batch.pred_classes[:, 0]
+    order = torch.arange(48 * 48).view(1, 1, 48, 48)
+    # copy k replaces the first 96 * bound[k] pixels (2 rows per step); copies 3 and 7 repeat the one before
+    bound = torch.tensor([1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 10])
+    fill = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(5))
+
+    def mask_of(image: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return order.expand(len(image), -1, -1, -1) < (96 * bound[k]).view(-1, 1, 1, 1)
+
+    def values_of(image: torch.Tensor, _k: torch.Tensor) -> torch.Tensor:
+        return fill[image]  # fixed per image, as the nested path requires
+
+    args = (model, inputs, classes, 12, mask_of, values_of, "logit", 5)
+    dense = stepped_scores(*args, incremental=False)
+    ours = stepped_scores(*args, incremental=True, nested=True)
+    counts = local_steps.LAST
+    # every step adds a 2-row band (4 % of the image) to the copy before it: one clean pass per image,
+    # the rest chained; the repeated copies are not run at all
+    assert (counts.unchanged, counts.local, counts.dense, counts.clean_passes) == (4, 20, 0, 2)
+    assert torch.allclose(ours, dense, atol=1e-5, rtol=0), (ours - dense).abs().max()
+    assert torch.equal(ours[:, 3], ours[:, 2]) and torch.equal(ours[:, 7], ours[:, 6])
+    without = stepped_scores(*args, incremental=False, nested=True)  # the GPU path: repeats still skipped
+    assert (local_steps.LAST.unchanged, local_steps.LAST.dense) == (4, 20)
+    assert torch.allclose(without, dense, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize(
     ("name", "params"),
     [

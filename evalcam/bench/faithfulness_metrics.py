@@ -1,14 +1,18 @@
-"""evalcam's faithfulness family against Quantus 0.6 on identical maps: time ratios and forward counts.
+"""evalcam's faithfulness family against its own forward floor and Quantus 0.6 on identical maps.
 
 :func:`bench_rows` builds one batch (EfficientNet-Lite0 by default, ``images`` packaged photos and their
-mirror images at 224 px, CPU), one set of smooth random maps (seeded), and runs each metric once per side
-with matched settings (same steps, baseline value 0 in the normalized input space, softmax scores), after
-one untimed warm-up forward. Each row holds the wall times, ``ratio = quantus_s / evalcam_s`` (above 1:
-evalcam is faster), and the images pushed through the network by full forwards on each side (counted by a
-forward pre-hook on the model; copies that evalcam's incremental re-inference scores by re-computing only
-the cone of their changed region are not forwards: infidelity's squares, and the first, local steps of the
-cumulative games, which the row's note counts). Quantus is optional: without it the rows carry
-evalcam's numbers only. ``benchmarks/bench_faithfulness.py`` prints the table.
+mirror images at 224 px, CPU), one set of smooth random maps (seeded), and runs each metric with matched
+settings on both sides (same steps, baseline value 0 in the normalized input space, softmax scores, forward
+batches of ``images`` inputs). Per metric and repeat, interleaved: evalcam's ``update``, then its **forward
+floor** (bare ``torch.no_grad`` forwards of the same model with the batch sizes evalcam's full forwards had,
+recorded by a forward pre-hook, plain NCHW inputs as a user's loop would pass them), then Quantus. Rows hold
+medians of process CPU seconds (steadier than wall time on a shared host; wall ratios too),
+``time_floor = evalcam / floor`` and ``ratio = Quantus / evalcam`` (above 1: evalcam is faster).
+
+Copies scored by incremental re-inference (only the cone of their changed region) are not forwards; their
+clean passes are. For such rows ``dense_floor_s`` is the floor of scoring every copy by a full forward
+(chunks of ``images``). Quantus is optional: without it the rows carry evalcam's numbers only.
+``benchmarks/bench_faithfulness.py`` prints the table.
 """
 
 from __future__ import annotations
@@ -29,16 +33,43 @@ from evalcam.metrics.faithful_base import input_cams
 
 
 class CountingModel:
-    """Counts the images ``model`` is run on by full forwards: a pre-hook on the root module, which
+    """Records the batch size of every full forward of ``model``: a pre-hook on the root module, which
     Quantus's calls and evalcam's dense forwards go through, while the incremental re-inference runs the
     traced layers (and ``torch.fx`` can still trace the model)."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.model, self.images = model, 0
+        self.model, self.sizes = model, []
         model.register_forward_pre_hook(self._count)
 
     def _count(self, _module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.images += int(args[0].shape[0])
+        self.sizes.append(int(args[0].shape[0]))
+
+    @property
+    def images(self) -> int:
+        return sum(self.sizes)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds of ``fn()``; CPU time is the process's, steadier on a shared host."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def chunk_sizes(copies: int, chunk_size: int) -> list[int]:
+    """Batch sizes of ``copies`` inputs run ``chunk_size`` at a time."""
+    return [min(chunk_size, copies - lo) for lo in range(0, copies, max(1, chunk_size))]
+
+
+@torch.no_grad()
+def forward_floor(model: nn.Module, inputs: torch.Tensor, sizes: list[int]) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds of bare forwards of ``model`` with batch sizes ``sizes`` (copies of
+    ``inputs``, built before the clock starts): what a metric that only ran those forwards would take."""
+    if not sizes:
+        return 0.0, 0.0
+    index = torch.arange(max(sizes)) % inputs.shape[0]
+    stock = inputs[index].contiguous()
+    return timed(lambda: [model(stock[:size]) for size in sizes])
 
 
 def bench_batch(images: int = 8, model_name: str = "efficientnet_lite0", seed: int = 0) -> EvalBatch:
@@ -119,8 +150,65 @@ def _settings(steps: int) -> dict[str, tuple[dict[str, Any], Callable[[Any], Any
     }
 
 
-def bench_rows(images: int = 8, steps: int = 48, metrics: list[str] | None = None) -> list[dict[str, Any]]:
-    """Per metric: ``evalcam_s``, ``quantus_s``, ``ratio`` and the images each side ran through the model.
+def _evalcam_once(
+    name: str, params: dict[str, Any], batch: EvalBatch, counter: CountingModel
+) -> dict[str, Any]:
+    """One timed ``update`` of metric ``name``: seconds, the full forwards' batch sizes, and (incremental
+    re-inference) the batch sizes the same copies would take as full forwards."""
+    (metric,) = build_metrics({name: params}, "cpu")
+    counter.sizes = []
+    local_steps.LAST.__dict__.update(local_steps.StepCounts().__dict__)
+    wall, cpu = timed(lambda: metric.update(batch))
+    out: dict[str, Any] = {"wall": wall, "cpu": cpu, "sizes": list(counter.sizes), "note": ""}
+    chunk = int(params.get("chunk_size", len(batch.samples)))
+    last = local_steps.LAST
+    if name == "infidelity":
+        side = int(params["patch_size"])
+        copies = len(batch.samples) * (int(batch.inputs.shape[-1]) // side) ** 2
+        out["sizes"] += chunk_sizes(len(batch.samples), max(1, chunk // 4))  # the cached clean passes
+        out["dense_sizes"] = chunk_sizes(copies, chunk)
+        out["note"] = f"evalcam: all {copies} squares by incremental re-inference"
+    elif last.clean_passes or last.local or last.unchanged:
+        out["sizes"] += last.clean_batches  # the incremental path's clean passes are forwards
+        copies = last.dense + last.local + last.unchanged
+        out["dense_sizes"] = chunk_sizes(copies, chunk)
+        out["note"] = (
+            f"evalcam: {last.local} of {copies} copies incremental, {last.unchanged} repeats of a scored "
+            f"input, {last.clean_passes} clean passes"
+        )
+    return out
+
+
+def _quantus_once(
+    peer: Callable[[Any], Any], theirs: dict[str, Any], arrays: tuple[Any, ...], counter: CountingModel
+) -> dict[str, Any]:
+    import quantus
+
+    x, y, a = arrays
+    metric_q = peer(quantus)(normalise=False, abs=False, disable_warnings=True, **theirs)
+    counter.sizes = []
+    kwargs = {"device": "cpu", "softmax": True, "batch_size": len(x)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wall, cpu = timed(
+                lambda: metric_q(model=counter.model, x_batch=x, y_batch=y, a_batch=a, **kwargs)
+            )
+    except Exception as err:  # a peer failure is a row note, not a lost table
+        return {"error": f"Quantus failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"}
+    return {"wall": wall, "cpu": cpu, "sizes": list(counter.sizes)}
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def bench_rows(
+    images: int = 8, steps: int = 48, metrics: list[str] | None = None, repeats: int = 1
+) -> list[dict[str, Any]]:
+    """Per metric: evalcam's, its forward floor's and Quantus's seconds (median of ``repeats``, CPU and
+    wall), the forwards each side ran, ``time_floor = evalcam / floor`` and ``ratio = Quantus / evalcam``
+    (both on CPU seconds). Repeats interleave evalcam, floor and Quantus per metric.
 
     ``steps`` (perturbation steps, runs or segments per image) must be ``3 m`` with ``m`` dividing 224*224:
     Quantus counts features per channel and wants a step that divides H*W (12, 24, 48, 96, ...).
@@ -128,79 +216,86 @@ def bench_rows(images: int = 8, steps: int = 48, metrics: list[str] | None = Non
     if steps % 3 or (224 * 224) % (steps // 3):
         raise ValueError(f"steps={steps} must be 3*m with m dividing 224*224 (12, 24, 48, 96, ...)")
     batch = bench_batch(images)
-    counter = CountingModel(batch.bundle.model)
+    model = batch.bundle.model
+    counter = CountingModel(model)
     cams, _ = input_cams(batch)
-    x = batch.inputs.numpy()
-    y = batch.pred_classes[:, 0].numpy()
-    a = cams.float().numpy()[:, None]
+    arrays = (batch.inputs.numpy(), batch.pred_classes[:, 0].numpy(), cams.float().numpy()[:, None])
     try:
         import quantus
     except ImportError:
         quantus = None
     if quantus is not None and not hasattr(np, "trapz"):
         np.trapz = np.trapezoid  # Quantus 0.6 calls np.trapz, removed in NumPy 2.4
-    rows = []
-    for name, (ours, peer, theirs) in _settings(steps).items():
-        if metrics and name not in metrics:
-            continue
-        # chunks as large as Quantus's batches: both sides run forwards of the same shape
-        params = {**ours, "chunk_size": images} if name != "sufficiency" else ours
-        (metric,) = build_metrics({name: params}, "cpu")
-        counter.images = 0
-        local_steps.LAST.__dict__.update(local_steps.StepCounts().__dict__)
-        start = time.perf_counter()
-        metric.update(batch)
-        row: dict[str, Any] = {
-            "metric": name,
-            "evalcam_s": time.perf_counter() - start,
-            "evalcam_forwards": counter.images,
-            "quantus_s": None,
-            "quantus_forwards": None,
-            "ratio": None,
-        }
-        if name == "infidelity":
-            row["note"] = "evalcam: incremental re-inference of each square's cone (forwards not counted)"
-        elif local_steps.LAST.clean_passes:
-            last = local_steps.LAST
-            row["evalcam_forwards"] += last.clean_passes  # the incremental path's clean passes are forwards
-            row["note"] = (
-                f"evalcam: {last.local} copies incremental (~0.5-0.8 forward each, not counted) "
-                f"after {last.clean_passes} clean passes (counted)"
-            )
-        if quantus is not None and peer is not None:
-            metric_q = peer(quantus)(normalise=False, abs=False, disable_warnings=True, **theirs)
-            counter.images = 0
-            start = time.perf_counter()
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    kwargs = {"device": "cpu", "softmax": True, "batch_size": images}
-                    metric_q(model=counter.model, x_batch=x, y_batch=y, a_batch=a, **kwargs)
-            except Exception as err:  # a peer failure is a row note, not a lost table
-                row["note"] = f"Quantus failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
-                rows.append(row)
-                continue
-            row["quantus_s"] = time.perf_counter() - start
-            row["quantus_forwards"] = counter.images
-            row["ratio"] = row["quantus_s"] / max(row["evalcam_s"], 1e-9)
-        rows.append(row)
-    return rows
+    chosen = {k: v for k, v in _settings(steps).items() if not metrics or k in metrics}
+    runs: dict[str, dict[str, list[Any]]] = {name: {} for name in chosen}
+    for _ in range(max(1, int(repeats))):
+        for name, (ours, peer, theirs) in chosen.items():
+            # chunks as large as Quantus's batches: both sides run forwards of the same shape
+            params = {**ours, "chunk_size": images} if name != "sufficiency" else ours
+            got = runs[name]
+            ev = _evalcam_once(name, params, batch, counter)
+            got.setdefault("evalcam", []).append(ev)
+            got.setdefault("floor", []).append(forward_floor(model, batch.inputs, ev["sizes"]))
+            if "dense_sizes" in ev:
+                got.setdefault("dense", []).append(forward_floor(model, batch.inputs, ev["dense_sizes"]))
+            if quantus is not None and peer is not None:
+                got.setdefault("quantus", []).append(_quantus_once(peer, theirs, arrays, counter))
+    return [_row(name, got) for name, got in runs.items()]
+
+
+def _row(name: str, got: dict[str, list[Any]]) -> dict[str, Any]:
+    ev = got["evalcam"]
+    row: dict[str, Any] = {
+        "metric": name,
+        "evalcam_s": _median([r["cpu"] for r in ev]),
+        "evalcam_wall_s": _median([r["wall"] for r in ev]),
+        "evalcam_forwards": sum(ev[-1]["sizes"]),
+        "floor_s": _median([f[1] for f in got["floor"]]),
+        "dense_floor_s": _median([f[1] for f in got["dense"]]) if "dense" in got else None,
+        "quantus_s": None,
+        "quantus_wall_s": None,
+        "quantus_forwards": None,
+        "ratio": None,
+        "wall_ratio": None,
+        "note": ev[-1]["note"],
+        "repeats": len(ev),
+    }
+    row["time_floor"] = row["evalcam_s"] / row["floor_s"] if row["floor_s"] > 0 else None
+    if row["dense_floor_s"]:
+        row["time_dense_floor"] = row["evalcam_s"] / row["dense_floor_s"]
+    peer = got.get("quantus") or []
+    if peer and "error" in peer[-1]:
+        row["note"] = "; ".join(n for n in (row["note"], peer[-1]["error"]) if n)
+    elif peer:
+        row["quantus_s"] = _median([r["cpu"] for r in peer])
+        row["quantus_wall_s"] = _median([r["wall"] for r in peer])
+        row["quantus_forwards"] = sum(peer[-1]["sizes"])
+        row["ratio"] = row["quantus_s"] / max(row["evalcam_s"], 1e-9)
+        row["wall_ratio"] = row["quantus_wall_s"] / max(row["evalcam_wall_s"], 1e-9)
+    return row
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    """A markdown table of :func:`bench_rows`."""
+    """A markdown table of :func:`bench_rows` (CPU seconds; ``time/floor``: evalcam over its forwards)."""
     lines = [
-        "| metric | evalcam s | forwards | Quantus s | forwards | Quantus / evalcam | note |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| metric | forwards (evalcam / Quantus) | evalcam s | floor s | time/floor "
+        "| Quantus s | Quantus / evalcam (CPU; wall) | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
+
+    def cell(value: Any, fmt: str, suffix: str = "") -> str:
+        return "n/a" if value is None else format(value, fmt) + suffix
+
     for r in rows:
-
-        def cell(value: Any, fmt: str) -> str:
-            return "n/a" if value is None else format(value, fmt)
-
-        quantus_cells = f"{cell(r['quantus_s'], '.2f')} | {cell(r['quantus_forwards'], 'd')}"
+        note = r.get("note", "")
+        if r.get("dense_floor_s"):
+            dense = f"floor {r['dense_floor_s']:.2f} s, time/that {r['time_dense_floor']:.2f}x"
+            note = f"{note}; as full forwards: {dense}"
         lines.append(
-            f"| {r['metric']} | {r['evalcam_s']:.2f} | {r['evalcam_forwards']} | {quantus_cells} "
-            f"| {cell(r['ratio'], '.2f')}{'' if r['ratio'] is None else 'x'} | {r.get('note', '')} |"
+            f"| {r['metric']} | {r['evalcam_forwards']} / {cell(r['quantus_forwards'], 'd')} "
+            f"| {r['evalcam_s']:.2f} | {r['floor_s']:.2f} | {cell(r['time_floor'], '.2f', 'x')} "
+            f"| {cell(r['quantus_s'], '.2f')} "
+            f"| {cell(r['ratio'], '.2f', 'x')}; {cell(r['wall_ratio'], '.2f', 'x')} "
+            f"| {note.strip('; ')} |"
         )
     return "\n".join(lines)

@@ -193,6 +193,7 @@ class CausalMetric(Metric):
             self.score,
             self.chunk_size,
             self.incremental,
+            nested=True,  # copy k replaces the first (k + 1) * step pixels of the order: nested
         )
         clean = class_scores(batch.logits.to(inputs.device), classes, self.score).double()
         replaced = class_scores(

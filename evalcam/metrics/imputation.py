@@ -241,8 +241,23 @@ def group_scores(
         return groups[image] < bound if cumulative else groups[image] == bound
 
     if incremental is not False:
+        # Cumulative copies with fixed replacement values are nested: each can step from the one before.
+        nested = (
+            cumulative
+            and getattr(baseline, "fixed", None) is not None
+            and bool((steps.diff(dim=1) >= 0).all())
+        )
         return stepped_scores(
-            model, inputs, classes, steps.shape[1], mask_of, baseline, score, chunk_size, incremental
+            model,
+            inputs,
+            classes,
+            steps.shape[1],
+            mask_of,
+            baseline,
+            score,
+            chunk_size,
+            incremental,
+            nested=nested,
         )
     return masked_scores(model, inputs, classes, steps.shape[1], mask_of, baseline, score, chunk_size)
 

@@ -37,6 +37,7 @@ from torch import nn
 
 from evalcam.methods.occlusion import use_incremental
 from evalcam.metrics.perturbed_scores import class_scores, scores_of_items
+from evalcam.models.chunked import fast_layout
 from evalcam.models.incremental import incremental_model
 
 #: bool masks ``[n, 1, H, W]`` (True: replaced) of copies ``k[i]`` of images ``image[i]``
@@ -47,6 +48,8 @@ ValuesOf = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOCAL_FRACTION = 0.15
 #: a clean pass of one image, in batched forwards (the copies' cost model below is relative to the same)
 CLEAN_PASS_COST = 1.0
+#: fixed cost of one chained step (:func:`chain_cost`)
+CHAIN_STEP_COST = 0.8
 
 
 def copy_cost(fraction: float) -> float:
@@ -64,6 +67,8 @@ class StepCounts:
     local: int = 0
     unchanged: int = 0
     clean_passes: int = 0
+    #: batch sizes of the clean passes (full forwards through the traced model)
+    clean_batches: list[int] = field(default_factory=list)
     groups: list[int] = field(default_factory=list)
 
 
@@ -100,11 +105,14 @@ def stepped_scores(
     chunk_size: int,
     incremental: bool | str = "auto",
     local_fraction: float = LOCAL_FRACTION,
+    nested: bool = False,
 ) -> torch.Tensor:
     """Scores ``[B, copies]`` of ``classes`` on ``where(mask_of(i, k), values_of(i, k), base[i])``.
 
-    Equal to scoring every copy with a full forward (up to float round-off); see the module docstring for
-    which copies run incrementally.
+    ``nested``: the caller guarantees ``mask_of(i, k) <= mask_of(i, k + 1)`` and values that do not
+    depend on ``k`` (a cumulative game with a fixed baseline); copies then step from the previous copy
+    (:func:`_chained`). Equal to scoring every copy with a full forward (up to float round-off); see the
+    module docstring for which copies run incrementally.
     """
     batch, height, width = base.shape[0], int(base.shape[-2]), int(base.shape[-1])
     classes = classes.to(base.device)
@@ -117,7 +125,12 @@ def stepped_scores(
     dense: list[tuple[int, int]] = []
     limit = float(local_fraction) * height * width
     plans: dict[int, tuple[list[int], list[tuple[int, ...]]]] = {}
+    repeats: list[tuple[int, int]] = []
     for i in range(batch):
+        chained = nested and copies > 0
+        args = (executor, base, classes, i, copies, mask_of, values_of, score, limit, out, counts)
+        if chained and _chained(*args, dense, repeats):
+            continue
         local: list[int] = []
         boxes: list[tuple[int, ...]] = []
         if executor is not None and copies:
@@ -136,10 +149,12 @@ def stepped_scores(
     planned = sorted(plans)
     for lo in range(0, len(planned), group):
         images = planned[lo : lo + group]
-        cache = executor.clean_pass(base[images])  # type: ignore[union-attr]
+        cache = executor.clean_pass(fast_layout(model, base[images]))  # type: ignore[union-attr]
         counts.clean_passes += len(images)
+        counts.clean_batches.append(len(images))
         for row, i in enumerate(images):
             local, boxes = plans[i]
+            unchanged = counts.unchanged
             failed = _score_local(
                 executor,
                 executor.image_cache(cache, row),  # type: ignore[union-attr]
@@ -156,10 +171,9 @@ def stepped_scores(
                 out,
                 counts,
             )
-            counts.local += len(local) - len(failed)
+            counts.local += len(local) - len(failed) - (counts.unchanged - unchanged)
             dense += [(i, k) for k in failed]
         del cache
-    counts.local -= counts.unchanged
     if dense:
         pairs = torch.tensor(dense, dtype=torch.long, device=base.device)
 
@@ -169,9 +183,89 @@ def stepped_scores(
 
         scores = scores_of_items(model, len(dense), inputs_of, classes[pairs[:, 0]], score, chunk_size)
         out[pairs[:, 0].cpu(), pairs[:, 1].cpu()] = scores.cpu()
+    for i, k in repeats:  # in step order: a repeat of a repeat reads an already filled score
+        out[i, k] = out[i, k - 1]
     counts.dense = len(dense)
     LAST.__dict__.update(counts.__dict__)
     return out.to(base.device)
+
+
+def chain_cost(fraction: float) -> float:
+    """Cost of one chained step (one copy, re-computing the cone of a box covering ``fraction`` of the
+    image and writing it into the cache), in batched forwards of one image. Measured on
+    EfficientNet-Lite0 (CPU, one thread, channels-last): 20.7 ms for a 16 px patch against 25.9 ms for
+    a one-image forward and ~23 ms per image in batches of 4: a step saves ~0.1-0.2 forward, because
+    the cone of even a small patch covers most of the late maps and a one-copy step runs its
+    convolutions on small crops."""
+    return CHAIN_STEP_COST + 1.5 * fraction
+
+
+def _chained(
+    executor: Any,
+    base: torch.Tensor,
+    classes: torch.Tensor,
+    i: int,
+    copies: int,
+    mask_of: MaskOf,
+    values_of: ValuesOf,
+    score: str,
+    limit: float,
+    out: torch.Tensor,
+    counts: StepCounts,
+    dense: list[tuple[int, int]],
+    repeats: list[tuple[int, int]],
+) -> bool:
+    """Score image ``i``'s nested copies, each from the one before: copy ``k`` differs from copy ``k - 1``
+    only on the pixels step ``k`` adds, so its score re-computes only their box's cone from a cache that
+    holds copy ``k - 1`` (:meth:`~evalcam.models.incremental.IncrementalModel.advance`), however large the
+    union of the earlier steps. A step that adds nothing repeats the previous score (bit-identical input);
+    a step with a large box is a full forward, run as a fresh cache only when the next step can continue
+    the chain from it. Returns False (nothing scored) when the chain saves less than its clean pass."""
+    image = torch.full((copies,), i, dtype=torch.long, device=base.device)
+    masks = mask_of(image, torch.arange(copies, device=base.device))
+    added = masks.clone()
+    added[1:] &= ~masks[:-1]
+    boxes = [tuple(int(v) for v in b) for b in mask_boxes(added).tolist()]
+    # the first copy's "previous" is the base image itself: an empty first step is a dense forward
+    empty = [k > 0 and _area(boxes[k]) == 0 for k in range(copies)]
+    pixels = base.shape[-2] * base.shape[-1]
+    small = [executor is not None and 0 < _area(b) <= limit for b in boxes]
+    saved = sum(1.0 - chain_cost(_area(boxes[k]) / pixels) for k in range(copies) if small[k])
+    if executor is None or saved <= CLEAN_PASS_COST:
+        if not any(empty):
+            return False
+        # no chain, but inputs equal to the previous copy's are still not run again
+        for k in range(copies):
+            (repeats if empty[k] else dense).append((i, k))
+        counts.unchanged += sum(empty)
+        return True
+    values = values_of(image[:1], image[:1] * 0)
+    cls = classes[i : i + 1]
+    cache: dict[Any, Any] | None = None
+    for k in range(copies):
+        if empty[k]:
+            repeats.append((i, k))
+            counts.unchanged += 1
+            continue
+        if small[k]:
+            if cache is None:  # the chain starts from the copy before this one
+                previous = (
+                    base[i : i + 1] if k == 0 else torch.where(masks[k - 1 : k], values, base[i : i + 1])
+                )
+                cache = executor.clean_pass(fast_layout(executor.traced, previous))
+                counts.clean_passes += 1
+                counts.clean_batches.append(1)
+            y0, y1, x0, x1 = boxes[k]
+            crop = (slice(None), slice(None), slice(y0, y1), slice(x0, x1))
+            patch = torch.where(masks[k : k + 1][crop], values[crop], base[i : i + 1][crop])
+            logits = executor.advance(cache, boxes[k], patch)
+            out[i, k] = float(class_scores(logits, cls, score)[0])
+            counts.local += 1
+            counts.groups.append(1)
+            continue
+        cache = None
+        dense.append((i, k))
+    return True
 
 
 def _score_local(

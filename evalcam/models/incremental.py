@@ -255,6 +255,35 @@ class IncrementalModel:
                 values[node] = self._step(node, values, cache)
         raise ValueError("traced graph has no output")
 
+    @torch.no_grad()
+    def advance(self, cache: dict[fx.Node, Any], box: Box, patch: torch.Tensor) -> Any:
+        """Like :meth:`patched` for a cache of one image and one copy, and then make ``cache`` the cache of
+        that copy: changed maps are written into the cached tensors on their boxes (in place) or replaced
+        where they ran densely. Cumulative games step from one copy to the next this way, each step
+        re-computing only the cone of the pixels it adds."""
+        values: dict[fx.Node, Any] = {}
+        output: Any = None
+        for node in self.nodes:
+            if node.op == "placeholder":
+                values[node] = Patched(cache[node], box, patch.to(cache[node].dtype))
+            elif node.op == "output":
+                output = fx.node.map_arg(node.args[0], lambda n: _dense(values[n]))
+            elif all(values[n] is cache[n] for n in node.all_input_nodes):
+                values[node] = cache[node]
+            else:
+                values[node] = self._step(node, values, cache)
+        # Written only after the pass: every step above read the previous copy's values.
+        for node, value in values.items():
+            if value is cache[node]:
+                continue
+            if isinstance(value, Patched):
+                y0, y1, x0, x1 = value.box
+                if y1 > y0 and x1 > x0:
+                    value.clean[..., y0:y1, x0:x1] = value.patch
+            else:
+                cache[node] = value
+        return output
+
     def _step(self, node: fx.Node, values: dict[fx.Node, Any], clean: dict[fx.Node, Any]) -> Any:
         incremental = self._incremental(node, values, clean)
         if incremental is not None:
