@@ -313,7 +313,7 @@ def test_focus_on_real_images_gradcam_prefers_the_target_tiles(lite0):
     assert out["gradcam"]["focus"] > 0.6
 
 
-def test_latec_experiment_dry_run_and_this_branchs_metrics_compose(capsys):
+def test_latec_experiment_dry_run_and_lite_profile_compose(capsys):
     from pathlib import Path
 
     from evalcam.cli import main
@@ -324,13 +324,12 @@ def test_latec_experiment_dry_run_and_this_branchs_metrics_compose(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 7
     assert all("focus" in line and "metrics.mask_auc.boxes_as_masks=true" in line for line in lines)
-    # The other families' metrics come from parallel branches; compose the lite runs with this branch's.
     spec = load_experiment("latec_families", folder)
-    mine = "metrics=[" + ",".join(c.split("/")[0] for c in spec["columns"]) + "]"
-    runs = [[mine if o.startswith("metrics=[") else o for o in r] for r in sweep_overrides(spec, "lite")]
-    configs = compose_many(runs[:2])
+    configs = compose_many(sweep_overrides(spec, "lite")[:2])
     assert configs[0]["metrics"]["relevance_mass"] == {"boxes_as_masks": True}
-    assert configs[0]["dataset"]["limit"] == 20 and configs[0]["batch_size"] == 10
+    # One batch of all the images: Focus mosaics and sufficiency neighbours come from the batch.
+    assert configs[0]["dataset"]["limit"] == 10 and configs[0]["batch_size"] == 10
+    assert configs[0]["metrics"]["pixel_flipping"]["steps"] == 16
 
 
 @pytest.mark.parametrize("bad", ["zeros", "constant", "nan", "negative"])

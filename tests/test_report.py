@@ -40,6 +40,24 @@ def test_experiment_profiles_compose_with_hydra(name):
     assert not any("lite" in str(c["model"]["name"]) for c in compose_many(sweep_overrides(spec, "paper")))
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_columns_name_logged_values_in_their_metrics_direction(name):
+    from evalcam.metrics import build_metrics
+    from evalcam.report import _better
+
+    spec = load_experiment(name, ROOT / "experiments")
+    for profile in spec["profiles"]:
+        # The metrics as the profile configures them: a setting (pixel flipping's order, weak_loc's topk)
+        # can change a key or its direction.
+        config = compose_many(sweep_overrides(spec, profile)[:1])[0]
+        built = {m.name: m for m in build_metrics(config["metrics"], "cpu")}
+        for column in spec["columns"]:
+            metric, key = column.split("/", 1)
+            assert key in built[metric].higher_is_better, (profile, column)
+            wanted = "higher" if built[metric].higher_is_better[key] else "lower"
+            assert _better(spec, column) == wanted, (profile, column)
+
+
 def test_profile_exclude_drops_combinations_that_cannot_run():
     spec = {
         "mlflow_experiment": "x",
