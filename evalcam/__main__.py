@@ -1,3 +1,3 @@
-from evalcam.cli import main
+from evalcam.cli import entry
 
-main()
+entry()

@@ -305,6 +305,9 @@ def finish(
         },
         "params": flatten(config),
         "metrics": values,
+        # The direction of each logged key as this run's metric instances declare it (their keys may
+        # depend on settings: weak_loc.topk=3 logs top3_*); the comparison table reads it.
+        "higher_is_better": {f"{m.name}/{k}": v for m in metrics for k, v in m.higher_is_better.items()},
     }
     try:
         write_atomic(run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +27,23 @@ POINTER = "evalcam_run.json"
 COUNTS = {"images", "degenerate_maps", "evaluated", "evaluated_difficult", "classes_evaluated", "skipped"}
 
 
-def compared_keys(metrics: dict[str, float]) -> list[str]:
-    """The keys of ``metrics`` a comparison shows (see the module doc), in logged order."""
+def compared_keys(metrics: dict[str, float], directions: Mapping[str, bool] | None = None) -> list[str]:
+    """The keys of ``metrics`` a comparison shows (see the module doc), in logged order. ``directions``:
+    the run's own ``higher_is_better`` by logged key (summary.json), whose keys follow the metric's
+    settings (``metrics.weak_loc.topk=3`` logs ``top3_*``); a summary without it (written before runs
+    recorded it) falls back on the metric class's declaration."""
     from evalcam.metrics import METRICS
 
+    declared_by: dict[str, set[str]] = {}
+    for key in directions or {}:
+        prefix, _, value = key.partition("/")
+        declared_by.setdefault(prefix, set()).add(value)
     keys = []
     for key in metrics:
         prefix, _, value = key.partition("/")
         if prefix == "run" or not value:
             continue
-        declared = getattr(METRICS.get(prefix), "higher_is_better", None)
+        declared = declared_by.get(prefix) or getattr(METRICS.get(prefix), "higher_is_better", None)
         if (declared and value not in declared) or (not declared and value in COUNTS):
             continue
         keys.append(key)
@@ -61,7 +68,8 @@ def comparison_table(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """Rows: runs; columns: the compared metric keys of every run (a run that lacks one shows NaN)."""
     columns: list[str] = []
     for summary in summaries:
-        columns += [k for k in compared_keys(summary.get("metrics", {})) if k not in columns]
+        shown = compared_keys(summary.get("metrics", {}), summary.get("higher_is_better"))
+        columns += [k for k in shown if k not in columns]
     labels = _labels([str(s.get("run_name", "?")) for s in summaries])
     rows = [[s.get("metrics", {}).get(k, float("nan")) for k in columns] for s in summaries]
     return pd.DataFrame(rows, index=pd.Index(labels, name="run"), columns=columns)

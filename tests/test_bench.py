@@ -243,3 +243,26 @@ def test_end_to_end_line_divides_images_by_the_measured_seconds():
     # 8 / 16 = 0.5 images/s wall, floor 8 / 4 = 2 images/s, ratio 0.25; the loop 1.6 images/s = 0.8x floor
     assert "0.50 images/s wall" in line and "floor 2.00 images/s" in line and "0.25x" in line
     assert "loop / floor 0.80x" in line
+
+
+def test_sweep_line_divides_the_sweeps_wall_by_the_sum_of_its_loops():
+    from evalcam.bench.startup import format_sweep
+
+    run = {"returncode": 0, "wall_s": 30.0, "cpu_s": 20.0, "last_line": ""}
+    line = format_sweep({"points": 3, "images": 11, "run": run, "loops_s": [4.0, 6.0, 10.0]})
+    assert "30.0 s wall / 20.0 s CPU" in line and "loops (run/seconds) 20.0 s" in line
+    assert "wall / loops 1.50x" in line  # 30 / (4 + 6 + 10)
+    # A point that did not finish is reported, not divided into a ratio.
+    failed = format_sweep({"points": 3, "images": 11, "run": {**run, "returncode": 1, "last_line": "boom"},
+                           "loops_s": [4.0]})  # fmt: skip
+    assert "1 of 3 points finished: boom" in failed and "x (target" not in failed
+
+
+def test_sweep_option_rejects_more_points_than_methods_in_one_line(capsys):
+    from evalcam.bench.cli import parse_args
+    from evalcam.bench.startup import SWEEP_METHODS
+
+    with pytest.raises(SystemExit):
+        parse_args(["--sweep", str(len(SWEEP_METHODS) + 1)])
+    assert f"--sweep takes 0 to {len(SWEEP_METHODS)} points" in capsys.readouterr().err
+    assert parse_args(["--sweep", "3", "--sweep-images", "20"]).sweep_images == 20

@@ -85,7 +85,8 @@ def test_readme_methods_table_lists_every_registered_method():
     assert not missing, f"README's methods table lacks {missing}"
 
 
-# The examples figure keeps its title clear of the panel headers (constrained layout reserves the room).
+# The examples figure keeps its title clear of the panel headers (a band on top reserves the room), and
+# each header clear of its panel's picture.
 def test_examples_title_does_not_overlap_the_panel_titles(tmp_path, monkeypatch):
     kept = []
     monkeypatch.setattr(figures.plt, "close", kept.append)
@@ -103,6 +104,13 @@ def test_examples_title_does_not_overlap_the_panel_titles(tmp_path, monkeypatch)
     (fig,) = kept
     renderer = fig.canvas.get_renderer()
     title = fig._suptitle.get_window_extent(renderer)
-    headers = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    headers = [t.get_window_extent(renderer) for t in fig.texts if t is not fig._suptitle]
+    assert len(headers) == 6  # three panels a row
     assert all(title.y0 >= header.y1 for header in headers)  # the title sits above every header
+    tops = [image.oy + image.get_size()[0] for image in fig.images]
+    assert len(tops) == 6
+    # Each picture's top edge is below the headers of its row (rows are 240 px apart).
+    for top in tops:
+        row = [h for h in headers if 0 <= h.y0 - top < 240]
+        assert row and all(top <= h.y0 for h in row)
     assert (tmp_path / "examples.png").is_file()

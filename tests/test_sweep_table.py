@@ -13,7 +13,7 @@ from conftest import cli, config_for
 from evalcam.cli import main
 from evalcam.naming import run_name
 from evalcam.runner import run
-from evalcam.sweep_table import comparison_table, to_markdown
+from evalcam.sweep_table import comparison_table, summaries_of, to_markdown
 
 
 def test_run_names_carry_what_sets_two_runs_apart(tmp_path):
@@ -47,6 +47,19 @@ def test_table_rows_are_labelled_by_what_differs():
     assert list(table.index) == ["gradcam (limit=3)", "center (limit=3)"]
     assert list(table.columns) == ["pointing/accuracy"]  # bookkeeping and counts are left out
     assert to_markdown(table).splitlines()[2] == "| gradcam (limit=3) | 0.5000 |"
+
+
+def test_table_shows_the_keys_a_runs_own_settings_log(tmp_path):
+    # weak_loc.topk=3 logs top3_* instead of top5_*: the columns follow the run's metric, not its class.
+    results = [run(config_for(tmp_path, "dataset.limit=2", f"method={m}", "metrics.weak_loc.topk=3"))
+               for m in ("gradcam", "center")]  # fmt: skip
+    table = comparison_table(summaries_of([r.run_dir for r in results]))
+    logged = [k for k in results[0].metrics if k.startswith("weak_loc/") and k.endswith("_error")]
+    expected = [f"weak_loc/top{k}_{what}_error" for k in (1, 3) for what in ("loc", "cls")]
+    assert sorted(logged) == sorted(expected)
+    assert sorted(table.columns) == sorted(logged)  # every logged value; counts and CIs left out
+    for label, result in zip(table.index, results, strict=True):
+        assert table.loc[label, "weak_loc/top3_loc_error"] == result.metrics["weak_loc/top3_loc_error"]
 
 
 def test_sweep_prints_and_saves_the_methods_by_metrics_table(tmp_path):

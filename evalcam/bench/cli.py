@@ -99,11 +99,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--end-to-end", type=int, default=0, metavar="N", help="also time a whole N-image run vs its floor"
     )
     parser.add_argument(
+        "--sweep",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time a `run -m` sweep of N methods (at most 10) against the sum of its batch loops",
+    )
+    parser.add_argument(
+        "--sweep-images", type=int, default=11, metavar="N", help="images per --sweep point (default 11)"
+    )
+    parser.add_argument(
         "--run-override",
         action="append",
         default=[],
         metavar="OVERRIDE",
-        help="Hydra override for the --startup/--end-to-end runs, e.g. dataset=imagenet_val (repeatable)",
+        help="Hydra override for the --startup/--end-to-end/--sweep runs, e.g. dataset=imagenet_val "
+        "(repeatable)",
     )
     parser.add_argument(
         "--quantus",
@@ -114,6 +125,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small batch, few repeats, cheap methods only")
     parser.add_argument("--json", type=Path, default=None, help="write all results to this JSON file")
     args = parser.parse_args(list(argv) if argv is not None else None)
+    from evalcam.bench.startup import SWEEP_METHODS
+
+    if not 0 <= args.sweep <= len(SWEEP_METHODS) or args.sweep_images < 1:
+        parser.error(f"--sweep takes 0 to {len(SWEEP_METHODS)} points and --sweep-images at least 1 image")
     quick = args.quick
     args.batch_size = args.batch_size or (4 if quick else 32)
     args.repeats = args.repeats or (3 if quick else 10)
@@ -262,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"\n{row['name']}: {row['seconds']:.2f} s (target {row['target_seconds']} s)")
     if args.quantus:
         result["quantus"] = quantus_tables(args, device)
-    if args.startup or args.end_to_end:
+    if args.startup or args.end_to_end or args.sweep:
         import tempfile
 
         from evalcam.bench import startup
@@ -276,6 +291,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 e2e = startup.end_to_end(Path(tmp) / "e2e", args.end_to_end, args.run_override)
                 result["end_to_end"] = e2e
                 print("\n" + startup.format_end_to_end(e2e))
+            if args.sweep:
+                points = startup.sweep(Path(tmp) / "sweep", args.sweep, args.sweep_images, args.run_override)
+                result["sweep"] = points
+                print("\n" + startup.format_sweep(points))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=str))

@@ -123,6 +123,60 @@ def end_to_end(workdir: Path, images: int, overrides: list[str] | None = None) -
     }
 
 
+# Cheap methods of different families for --sweep: the points differ in what they explain, not in cost.
+SWEEP_METHODS = (
+    "gradcam",
+    "gradcampp",
+    "xgradcam",
+    "hirescam",
+    "layercam",
+    "eigencam",
+    "cam",
+    "backprop",
+    "center",
+    "random",
+)
+
+
+def warm_store(uri: str) -> None:
+    """Create the MLflow store's tables (a cost paid once per store) so a timed sweep measures what
+    every later sweep pays."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+def sweep(workdir: Path, points: int, images: int, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A ``run -m`` sweep of ``points`` methods (``SWEEP_METHODS``) over ``images`` images each, one child
+    process, into an MLflow store whose tables exist: its wall time against the sum of its points' batch
+    loops (``run/seconds``), i.e. what the points pay besides their loops."""
+    if not 1 <= points <= len(SWEEP_METHODS):
+        raise ValueError(f"--sweep takes 1 to {len(SWEEP_METHODS)} points, not {points}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    store = f"sqlite:///{workdir / 'mlflow.db'}"
+    warm_store(store)
+    methods = ",".join(SWEEP_METHODS[:points])
+    args = ["-m", f"method={methods}", f"dataset.limit={images}", f"output_dir={workdir / 'runs'}",
+            f"tracking_uri={store}", "progress=false", *(overrides or [])]  # fmt: skip
+    run = measure(_evalcam("run", *args))
+    loops = []
+    for path in sorted((workdir / "runs").glob("*/summary.json")):
+        loops.append(json.loads(path.read_text())["metrics"].get("run/seconds"))
+    return {"points": points, "images": images, "run": run, "loops_s": loops}
+
+
+def format_sweep(result: dict[str, Any]) -> str:
+    run, loops = result["run"], [s for s in result["loops_s"] if s is not None]
+    head = f"sweep of {result['points']} points x {result['images']} images (`run -m`, one process)"
+    if run["returncode"] or len(loops) != result["points"]:
+        return f"{head}: {len(loops)} of {result['points']} points finished: {run['last_line']}"
+    total = sum(loops)
+    return (
+        f"{head}: {run['wall_s']:.1f} s wall / {run['cpu_s']:.1f} s CPU; sum of its batch loops "
+        f"(run/seconds) {total:.1f} s -> wall / loops {run['wall_s'] / total:.2f}x (target <= 1.5x)"
+    )
+
+
 def format_fixed_costs(costs: dict[str, Any]) -> str:
     run = costs["run_1_image"]
     torch_cpu = costs["import_torch"]["cpu_s"]
