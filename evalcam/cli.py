@@ -77,7 +77,8 @@ def _run_hydra(argv: list[str]) -> None:
         print(f"\nrun folder: {result.run_dir}")
         for key, value in shown.items():
             low, high = result.metrics.get(f"{key}/ci_low"), result.metrics.get(f"{key}/ci_high")
-            print(f"  {key:<{width}}  {format_interval(value, low, high)}")
+            why = f"  (no value: {result.notes[key]})" if key in result.notes else ""
+            print(f"  {key:<{width}}  {format_interval(value, low, high)}{why}")
         if result.mlflow_run_id:
             print(f"MLflow run {result.mlflow_run_id} (browse with: python -m evalcam ui)")
         _record_sweep_job(result.run_dir)

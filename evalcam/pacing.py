@@ -9,8 +9,15 @@ run says so before going on: forwards per image x images, the measured seconds p
 that makes; and from then on every image is evaluated and saved as its own
 part of the run (:class:`evalcam.results.ResultStore`), so Ctrl-C (or a killed job) loses at most the
 image in flight, and the progress bar moves, with its ETA, image by image. Cheap runs keep whole batches.
-Methods and metrics give the same numbers whatever the batch size (tested), so the split changes no
-number. The measurement is one extra forward pass; the timed image is a real result and is kept.
+The measurement is one extra forward pass; the timed image is a real result and is kept.
+
+**Batch-dependent metrics.** Splitting a batch changes no number only for metrics that score each image
+on its own (tested for them). Focus builds its mosaics from the other images of the batch and sufficiency
+compares an image with the others of its batch (:attr:`evalcam.metrics.base.Metric.batch_dependent`):
+evaluated alone, the first image would get no mosaic and no neighbour. When any configured metric is
+batch-dependent, batches are never split: the whole first batch is timed (seconds per image = its time
+over its images), a slow run is still announced, and runs are saved batch by batch (Ctrl-C loses at
+most the batch in flight). One log line says so when the run starts.
 
 **Example maps.** The top-1 maps of the first ``n_examples`` images, at the resolution the method returned
 them (feature resolution for CAMs: a few KB), are stored in the run folder (``example_maps.pt``) as the run
@@ -59,6 +66,7 @@ class Pace:
         images: int,
         name: str,
         slow_ratio: float = 50.0,
+        whole_batches: Sequence[str] = (),
     ) -> None:
         if slow_ratio <= 0:
             raise ValueError(f"slow_ratio must be > 0 (forward passes per image), got {slow_ratio}")
@@ -69,17 +77,28 @@ class Pace:
         self.slow = False
         self.forwards_per_image: float | None = None
         self.seconds_per_image: float | None = None
+        #: names of the configured batch-dependent metrics: batches are then never split
+        self.whole_batches = tuple(whole_batches)
+        if self.whole_batches:
+            log.info(
+                "%s: %s compare(s) the images of a batch: batches of %d are evaluated and saved whole, "
+                "never split (no image-by-image saving)",
+                name,
+                ", ".join(self.whole_batches),
+                self.size,
+            )
 
     def parts(self, samples: Sequence[Sample]) -> Iterator[list[Sample]]:
         """The batch's samples in parts; the caller evaluates and saves each part before asking for more."""
         start = 0
         while start < len(samples):
-            size = 1 if not self.calibrated else self.size
+            # Batch-dependent metrics: the batch as the loader made it, its images scored together.
+            size = len(samples) if self.whole_batches else self.size if self.calibrated else 1
             part = list(samples[start : start + size])
             began = time.perf_counter()
             yield part
             if not self.calibrated:
-                self._calibrate(part[0], time.perf_counter() - began)
+                self._calibrate(part[0], (time.perf_counter() - began) / len(part))
             start += len(part)
 
     def forward_seconds(self, sample: Sample) -> float:
@@ -101,16 +120,23 @@ class Pace:
         self.forwards_per_image = seconds / self.forward_seconds(sample)
         if self.forwards_per_image < self.slow_ratio:
             return
-        self.slow, self.size = True, 1
+        self.slow = True
+        if self.whole_batches:
+            units, unit, measured = "Batches", "batch", "over the first batch"
+        else:
+            self.size, units, unit, measured = 1, "Images", "image", "on the first"
         log.info(
             "%s: slow set-up, about %.0f forward passes per image x %d image(s); %.1f s/image measured "
-            "on the first, about %s in all. Images are saved one at a time: Ctrl-C keeps every finished "
-            "image, rerun the same command to resume.",
+            "%s, about %s in all. %s are saved one at a time: Ctrl-C keeps every finished %s, "
+            "rerun the same command to resume.",
             self.name,
             self.forwards_per_image,
             self.images,
             seconds,
+            measured,
             duration(seconds * self.images),
+            units,
+            unit,
         )
 
 

@@ -81,6 +81,13 @@ class ResultStore:
             return set()
         return set(pq.read_table(parts, columns=["image_id"]).column("image_id").to_pylist())
 
+    def part_ids(self) -> list[tuple[str, list[str]]]:
+        """``(part name, its image ids)`` of every complete part, in :meth:`parts` order."""
+        return [
+            (part.name, pq.read_table(part, columns=["image_id"]).column("image_id").to_pylist())
+            for part in self.parts()
+        ]
+
     def load_states(self) -> States | None:
         """Sum of the metric states of all complete parts, or None for a fresh run."""
         total: States | None = None

@@ -13,18 +13,19 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 import yaml
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import evalcam
 from evalcam import __version__
+from evalcam.batching import check_saved_batches, plan_batches
 from evalcam.config import load_configured_model
 from evalcam.data import Sample, SkippedImage, build_dataset, collate_samples
 from evalcam.devices import resolve_device
@@ -55,6 +56,8 @@ class RunResult:
     run_dir: Path
     metrics: dict[str, float]
     mlflow_run_id: str | None
+    #: why a logged value has no number (``<metric>/<key>``: reason), as in summary.json's ``notes``
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -163,32 +166,40 @@ def run(config: dict[str, Any]) -> RunResult:
         # Every rank must read the same finished set before any rank writes a part of this run,
         # otherwise the ranks shard different image lists (images skipped or evaluated twice).
         dist.barrier()
-    todo = [i for i, image_id in enumerate(dataset.ids) if image_id not in done]
+    # Metrics that score an image against the others of its batch need the batches of an uninterrupted
+    # run, whatever was saved before and however many processes share the work (evalcam.batching).
+    dependent = [metric.name for metric in metrics if metric.batch_dependent]
+    if dependent:
+        check_saved_batches(store.part_ids(), dataset.ids, config["batch_size"], dependent, run_dir)
     if done:
         log.info("resuming %s: %d of %d images already done", run_dir, len(done), len(dataset))
-    pending = len(todo)  # before sharding: every rank agrees whether the run had work left
-    todo = todo[rank::world]  # torchrun: each process takes every world-th remaining image
+    # before sharding: every rank agrees whether the run had work left
+    pending = sum(image_id not in done for image_id in dataset.ids)
+    # torchrun: each process takes every world-th remaining image (whole batches when dependent)
+    batches = plan_batches(dataset.ids, done, config["batch_size"], rank, world, dependent)
 
     loader = DataLoader(
-        Subset(dataset, todo),
-        batch_size=config["batch_size"],
+        dataset,
+        batch_sampler=batches,
         num_workers=config["num_workers"],
         collate_fn=collate_samples,
         pin_memory=device.type == "cuda",
     )
     # Slow set-ups are announced with an estimate and then saved image by image (see evalcam.pacing).
+    todo = sum(len(batch) for batch in batches)
     pace = Pace(
         bundle,
         device,
         config["batch_size"],
-        len(todo),
+        todo,
         run_name(config),
         slow_ratio=config["slow_ratio"],
+        whole_batches=dependent,
     )
     examples = ExampleMaps(run_dir, config["n_examples"], enabled=rank == 0)
     context = RunContext.build(bundle, explainer, metrics, device, config["topk"], examples)
     bar = tqdm(
-        total=len(todo),
+        total=todo,
         desc=run_name(config),
         unit="image",
         disable=not config["progress"] or rank != 0,
@@ -260,8 +271,14 @@ def finish(
     table = store.table()
     skipped = table[table["status"] == "skipped"] if len(table) else table
     values: dict[str, float] = {}
+    notes: dict[str, str] = {}
     for metric in metrics:
-        values.update({f"{metric.name}/{k}": v for k, v in metric.compute().items()})
+        computed = metric.compute()
+        values.update({f"{metric.name}/{k}": v for k, v in computed.items()})
+        # A value without a number (NaN, or left out) says why, instead of passing for a result.
+        notes.update({f"{metric.name}/{k}": why for k, why in metric.notes(computed).items()})
+    for key, why in notes.items():
+        log.warning("%s: no value: %s", key, why)
     values["run/images_evaluated"] = float((table["status"] == "ok").sum()) if len(table) else 0.0
     values["run/images_skipped"] = float(len(skipped))
     values["run/annotation_warnings"] = annotation_warnings(table)
@@ -308,6 +325,7 @@ def finish(
         # The direction of each logged key as this run's metric instances declare it (their keys may
         # depend on settings: weak_loc.topk=3 logs top3_*); the comparison table reads it.
         "higher_is_better": {f"{m.name}/{k}": v for m in metrics for k, v in m.higher_is_better.items()},
+        "notes": notes,
     }
     try:
         write_atomic(run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
@@ -330,7 +348,7 @@ def finish(
             )
     if "run/wall_seconds" not in values:
         values["run/wall_seconds"] = wall_seconds(run_dir, None, None, kept_wall)
-    return RunResult(run_dir=run_dir, metrics=values, mlflow_run_id=run_id)
+    return RunResult(run_dir=run_dir, metrics=values, mlflow_run_id=run_id, notes=notes)
 
 
 def wall_seconds(run_dir: Path, run_id: str | None, tracking_uri: str | None, kept: float | None) -> float:

@@ -120,7 +120,9 @@ def log_run_dir(run_dir: str | Path, tracking_uri: str | None = None) -> str:
     # The run folder's name hashes (method, model, dataset, metrics): logging the same folder again (a
     # finished rerun, `evalcam log` twice) updates its MLflow run instead of adding a duplicate.
     key = run_dir.resolve().name
-    tags = {**summary.get("tags", {}), RUN_KEY_TAG: key}
+    # A value without a number carries its reason as a tag (its metric is absent: MLflow drops NaN).
+    notes = {f"note/{name}": why for name, why in summary.get("notes", {}).items()}
+    tags = {**summary.get("tags", {}), **notes, RUN_KEY_TAG: key}
     existing = _find_run(experiment.experiment_id, key)
     start = {"run_id": existing.info.run_id} if existing else {"run_name": summary["run_name"], "tags": tags}
     # mlflow.log_table appends to a table already in the run, downloading it first: a rerun of a finished

@@ -139,13 +139,16 @@ def test_known_fractions_on_a_hand_built_mask():
     # max_size: a mask covering half the image is skipped at 0.4
     small = AttributionLocalisation(max_size=0.4)
     assert small.update(batch)[0]["attribution_localisation.ratio"] is None
-    assert small.compute() == {
-        "ratio": 0.0,
+    out = small.compute()
+    assert math.isnan(out["ratio"])  # nothing scored: no number, not a plausible 0
+    assert {k: v for k, v in out.items() if k != "ratio"} == {
         "images": 0.0,
         "evaluated": 0.0,
         "skipped": 1.0,
         "degenerate_maps": 0.0,
     }
+    (why,) = small.notes(out).values()
+    assert why.startswith("no pair scored: all 1 (image, class) pair(s) were skipped")
 
 
 @pytest.mark.parametrize("bad", ["constant", "nan", "negative", "zero"])
@@ -410,3 +413,41 @@ def test_images_of_different_sizes_in_one_batch_score_as_one_at_a_time(coco, mon
             alone[0].merge(other)
         assert together.compute() == pytest.approx(alone[0].compute())
         assert together.compute()["degenerate_maps"] == 1 and together.compute()["skipped"] >= 1
+
+
+def test_focus_without_a_mosaic_logs_no_number_and_says_why():
+    # Three images of two classes: no image has two images without its label in the batch.
+    samples = [
+        Sample(image=torch.zeros(3, 8, 8, dtype=torch.uint8), image_id=f"i{k}", labels=labels)
+        for k, labels in enumerate([[1], [1, 2], [2]])
+    ]
+    metric = Focus()
+    records = metric.update(_batch(samples, None, [[0]] * 3, inputs_size=(16, 16)))
+    assert [r["focus.focus"] for r in records] == [None, None, None]
+    out = metric.compute()
+    assert math.isnan(out["focus"])  # not 0.0: no mosaic was scored
+    assert out["images"] == 0 and out["skipped"] == 3
+    assert metric.notes(out) == {
+        "focus": "no mosaic: none of the 3 image(s) had a label and two images in its batch without that "
+        "label (e.g. batches of 1 image or of 2 classes); use a larger batch_size"
+    }
+
+
+def test_a_run_without_a_focus_mosaic_logs_no_focus_value_and_notes_why(tmp_path):
+    import json
+
+    from conftest import config_for
+
+    from evalcam.runner import run
+
+    # chelsea and coffee: each has one other-label image in its batch, a mosaic needs two.
+    config = config_for(
+        tmp_path / "runs", "method=gradcam", "dataset=sample", "dataset.limit=2", "batch_size=2",
+        "metrics=[focus]", "device=cpu",
+    )  # fmt: skip
+    result = run(config)
+    assert math.isnan(result.metrics["focus/focus"]) and result.metrics["focus/skipped"] == 2
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert math.isnan(summary["metrics"]["focus/focus"])
+    assert summary["notes"]["focus/focus"].startswith("no mosaic: none of the 2 image(s)")
+    assert result.notes == summary["notes"]

@@ -123,3 +123,120 @@ def test_ctrl_c_inside_a_batch_keeps_the_finished_images(tmp_path, batched):
     resumed = run(config)
     assert len(parts(run_dir)) == IMAGES
     assert_same_numbers(resumed.metrics, batch_result.metrics)
+
+
+# --- batch-dependent metrics (Focus, sufficiency): batches are never split ------------------------------
+
+# Sample images 1-3 and 4-6: in each batch of 3 every image has two others without its label, so every
+# image gets a Focus mosaic, and sufficiency compares it with the two others of its batch.
+DEPENDENT = (
+    "method=gradcam",
+    "dataset=sample",
+    "dataset.limit=6",
+    "batch_size=3",
+    "metrics=[focus,sufficiency]",
+    "device=cpu",
+    "mlflow=false",
+    "progress=false",
+    "n_examples=0",
+)
+
+
+def records(run_dir: Path):
+    """The per-image Focus and sufficiency columns, by image id."""
+    import pandas as pd
+
+    table = pd.read_parquet(run_dir / "per_image.parquet")
+    columns = [c for c in table.columns if c.startswith(("focus.", "sufficiency."))]
+    return table.set_index("image_id")[columns].sort_index()
+
+
+@pytest.fixture(scope="module")
+def unpaced(tmp_path_factory):
+    """Focus and sufficiency on whole batches, never slow."""
+    return run(config_for(tmp_path_factory.mktemp("unpaced") / "runs", slow_ratio=1e9, base=DEPENDENT))
+
+
+def test_a_paced_run_gives_batch_dependent_metrics_the_unpaced_records(tmp_path, unpaced, caplog):
+    from pandas.testing import assert_frame_equal
+
+    reference = records(unpaced.run_dir)
+    assert len(parts(unpaced.run_dir)) == 2  # one part per batch: the first image is not timed alone
+    assert reference["focus.focus"].notna().all() and len(reference) == 6
+    with caplog.at_level(logging.INFO, logger="evalcam.pacing"):
+        paced = run(config_for(tmp_path / "runs", slow_ratio=1e-9, base=DEPENDENT))  # every run is slow
+    lines = [r.getMessage() for r in caplog.records]
+    (whole,) = [line for line in lines if "compare(s) the images of a batch" in line]
+    assert "focus, sufficiency" in whole and "batches of 3 are evaluated and saved whole" in whole
+    (slow,) = [line for line in lines if "slow set-up" in line]
+    assert "measured over the first batch" in slow and "Batches are saved one at a time" in slow
+    assert len(parts(paced.run_dir)) == 2  # batch by batch, not image by image
+    assert_frame_equal(records(paced.run_dir), reference)
+    assert_same_numbers(paced.metrics, unpaced.metrics)
+
+
+def test_an_interrupted_batch_dependent_run_resumes_to_the_uninterrupted_records(
+    tmp_path, unpaced, monkeypatch
+):
+    from pandas.testing import assert_frame_equal
+
+    from evalcam.results import ResultStore
+
+    write = ResultStore.append
+
+    def interrupted(self, *args, **kwargs):
+        write(self, *args, **kwargs)
+        raise KeyboardInterrupt  # Ctrl-C right after the first saved part
+
+    config = config_for(tmp_path / "runs", slow_ratio=1e-9, base=DEPENDENT)
+    monkeypatch.setattr(ResultStore, "append", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(config)
+    monkeypatch.undo()
+    run_dir = runner.run_directory(config)
+    (first,) = parts(run_dir)  # the whole first batch, not its first image alone
+    assert len(pd_ids(first)) == 3
+    resumed = run(config)
+    assert len(parts(run_dir)) == 2
+    assert_frame_equal(records(resumed.run_dir), records(unpaced.run_dir))
+    assert_same_numbers(resumed.metrics, unpaced.metrics)
+
+
+def test_a_folder_saved_in_other_batches_is_refused_for_batch_dependent_metrics(tmp_path, monkeypatch):
+    from evalcam.results import ResultStore
+
+    write = ResultStore.append
+
+    def interrupted(self, *args, **kwargs):
+        write(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ResultStore, "append", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(config_for(tmp_path / "runs", "batch_size=2", slow_ratio=1e9, base=DEPENDENT))
+    monkeypatch.undo()
+    # batch_size does not name the folder: the same command with batch_size=3 would mix two batchings
+    with pytest.raises(
+        ValueError, match=r"holds part part-000000-000.parquet of 2 image\(s\) that is not one"
+    ):
+        run(config_for(tmp_path / "runs", slow_ratio=1e9, base=DEPENDENT))
+
+
+def pd_ids(part: Path) -> list[str]:
+    import pandas as pd
+
+    return pd.read_parquet(part)["image_id"].tolist()
+
+
+def test_batch_plans_keep_dependent_batches_fixed_across_resumes_and_processes():
+    from evalcam.batching import plan_batches
+
+    ids = [f"i{k}" for k in range(7)]
+    # Independent metrics: whatever is left, in batches (torchrun: every world-th image).
+    assert plan_batches(ids, {"i0"}, 3) == [[1, 2, 3], [4, 5, 6]]
+    assert plan_batches(ids, set(), 3, rank=1, world=2) == [[1, 3, 5]]
+    # Dependent: the dataset's own batches, done ones dropped, whole batches per process.
+    assert plan_batches(ids, {"i0", "i1", "i2"}, 3, dependent=["focus"]) == [[3, 4, 5], [6]]
+    assert plan_batches(ids, set(), 3, rank=1, world=2, dependent=["focus"]) == [[3, 4, 5]]
+    with pytest.raises(ValueError, match="partly done; focus need"):
+        plan_batches(ids, {"i0"}, 3, dependent=["focus"])

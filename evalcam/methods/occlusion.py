@@ -8,8 +8,9 @@ free length; elsewhere the two agree). Maps are at input resolution, ``[B, K, H,
 Each occluded copy differs from the clean image only inside its window. On the CPU (``incremental:
 auto``, the default) it is scored by incremental re-inference (:mod:`evalcam.models.incremental`): only
 the window's receptive-field cone is re-computed, exactly, on one intra-op thread: 2-3x less CPU than full
-forwards per window on EfficientNet-Lite0 (one 224 px image, 45 px windows: 4.6-6.6 s against 13.6 s CPU). On GPUs, for models ``torch.fx`` cannot trace, and with ``incremental=False``, whole
-copies run through the model, ``chunk_size`` per call.
+forwards per window on EfficientNet-Lite0 (one 224 px image, 45 px windows: 4.6-6.6 s against 13.6 s
+CPU). On GPUs, for models ``torch.fx`` cannot trace, and with ``incremental=False``, whole copies run
+through the model, ``chunk_size`` per call.
 The same machinery produces the occlusion maps of the faithfulness metric.
 """
 

@@ -8,6 +8,7 @@ runner appends to the run's Parquet table.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -71,6 +72,12 @@ class Metric:
     needs: ClassVar[Needs] = Needs()
     #: direction of every logged key that has one (counts have none): used by rankings and reports
     higher_is_better: ClassVar[dict[str, bool]] = {}
+    #: whether an image's value depends on the other images of its batch (Focus's mosaics, sufficiency's
+    #: neighbours). The runner then never splits a batch (:mod:`evalcam.pacing`) and resumes only at the
+    #: batch boundaries an uninterrupted run has, so a resumed or paced run gives the same records.
+    batch_dependent: ClassVar[bool] = False
+    #: keys with a direction that ``compute`` leaves out (rather than NaN) when nothing was measured
+    omitted_when_empty: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
@@ -90,6 +97,27 @@ class Metric:
 
     def compute(self) -> dict[str, float]:
         raise NotImplementedError
+
+    def notes(self, values: Mapping[str, float]) -> dict[str, str]:
+        """Why a logged value has no number: ``{key: one-line reason}`` for every key with a direction
+        that ``compute`` gave as NaN or left out (nothing was scored). The runner writes them to
+        ``summary.json`` (``notes``) and to the MLflow run's tags."""
+        empty = [
+            key
+            for key in self.higher_is_better
+            if (key in values and math.isnan(values[key]))
+            or (key in self.omitted_when_empty and key not in values)
+        ]
+        return {key: self.empty_reason(values) for key in empty}
+
+    def empty_reason(self, values: Mapping[str, float]) -> str:
+        """The reason :meth:`notes` gives; subclasses that skip images say why they skipped them."""
+        counts = ", ".join(
+            f"{key}={value:g}"
+            for key, value in values.items()
+            if key not in self.higher_is_better and not math.isnan(value)
+        )
+        return "nothing was scored for this value" + (f" ({counts})" if counts else "")
 
     def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
         """How each logged key is re-estimated from the per-image records (bootstrap intervals, paired

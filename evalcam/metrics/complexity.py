@@ -78,9 +78,8 @@ class _ComplexityMetric(Metric):
         ]
 
     def compute(self) -> dict[str, float]:
+        # NaN when nothing was evaluated: no number rather than a plausible 0
         out = {key: safe_ratio(getattr(self, f"sum_{key}"), self.images) for key in self.keys}
-        if float(self.images) == 0:  # nothing evaluated: report zeros with images=0, never NaN
-            out = dict.fromkeys(self.keys, 0.0)
         return out | {"images": float(self.images), "degenerate_maps": float(self.degenerate)}
 
 

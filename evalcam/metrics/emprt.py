@@ -56,6 +56,7 @@ class EfficientMPRT(Metric):
     name = "emprt"
     pred_topk = 1
     higher_is_better: ClassVar[dict[str, bool]] = {"score": True}
+    omitted_when_empty: ClassVar[tuple[str, ...]] = ("score",)
 
     def __init__(
         self,

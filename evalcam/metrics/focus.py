@@ -23,14 +23,18 @@ Quantus's ``Focus`` swapped height and width before its PR #357; Quantus 0.6 spl
 ``H // 2`` and ``W // 2`` as here (tests/test_metrics_mask_quantus.py checks it on non-square maps).
 
 Mosaics therefore depend on the batch's images (``batch_size`` and the dataset's order); the seed fixes
-everything else. A degenerate mosaic map (non-finite, constant or without positive relevance) scores 0.5,
-what a constant map gets, and is counted in ``focus/degenerate_maps``. Labels must be classes of the
-model (ImageNet models on ImageNet); other pairings are refused with a one-line error.
+everything else. Focus is ``batch_dependent``: the runner never splits a batch (pacing, resume), so a
+paced, interrupted or resumed run builds the mosaics an uninterrupted one builds. A run in which no image
+got a mosaic logs no ``focus/focus`` (NaN, not 0) and ``summary.json``'s ``notes`` say why. A degenerate
+mosaic map (non-finite, constant or without positive relevance) scores 0.5, what a constant map gets,
+and is counted in ``focus/degenerate_maps``. Labels must be classes of the model (ImageNet models on
+ImageNet); other pairings are refused with a one-line error.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -91,6 +95,7 @@ class Focus(Metric):
     # Mosaic tiles are told apart by their labels, which must be classes of the model it explains.
     needs = Needs(labels=True, multi_label="tiles share no label with the anchor's")
     higher_is_better: ClassVar[dict[str, bool]] = {"focus": True}
+    batch_dependent = True  # mosaics are built from the other images of the batch
 
     def __init__(self, device: torch.device | str = "cpu", seed: int = 0) -> None:
         super().__init__(device)
@@ -142,10 +147,18 @@ class Focus(Metric):
         return records
 
     def compute(self) -> dict[str, float]:
-        mean = safe_ratio(self.total, self.images) if float(self.images) > 0 else 0.0
         return {
-            "focus": mean,
+            "focus": safe_ratio(self.total, self.images),  # NaN without a mosaic: no number, not 0
             "images": float(self.images),
             "skipped": float(self.skipped),
             "degenerate_maps": float(self.degenerate),
         }
+
+    def empty_reason(self, values: Mapping[str, float]) -> str:
+        skipped = int(values.get("skipped", 0))
+        if not skipped:
+            return "no image was scored (no image evaluated)"
+        return (
+            f"no mosaic: none of the {skipped} image(s) had a label and two images in its batch without "
+            f"that label (e.g. batches of 1 image or of 2 classes); use a larger batch_size"
+        )

@@ -12,6 +12,8 @@ Protocol shared by the five metrics:
   (:func:`evalcam.metrics.regions.not_evaluated`, as the pointing games);
 - an image's value is the mean over its evaluated classes (record ``<name>.<key>``, per class in
   ``<name>.per_class``); the logged ``<name>/<key>`` is the mean over images with an evaluated class;
+- a run in which no pair was scored logs no ``<name>/<key>`` (NaN, not 0); ``summary.json``'s ``notes``
+  say why (how many pairs were skipped);
 - a degenerate map (non-finite, constant, or without a positive value) scores 0 (0.5 for ``mask_auc``:
   what a constant map gets from the ROC) and is counted in ``<name>/degenerate_maps``, judged on the
   method's map before resampling.
@@ -22,6 +24,7 @@ docstring says how (tests/test_metrics_mask_quantus.py pins each difference).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -147,10 +150,18 @@ class _MaskMetric(Metric):
         scores.update(zip([(i, col) for i, col, _ in members], values.tolist(), strict=True))
         return int(degenerate.sum())
 
+    def empty_reason(self, values: Mapping[str, float]) -> str:
+        skipped = int(values.get("skipped", 0))
+        if not skipped:
+            return "no image was scored (no image with a ground-truth class evaluated)"
+        return (
+            f"no pair scored: all {skipped} (image, class) pair(s) were skipped (no mask or box region, "
+            f"all boxes difficult, or a region this metric cannot score)"
+        )
+
     def compute(self) -> dict[str, float]:
-        mean = safe_ratio(self.total, self.images) if float(self.images) > 0 else 0.0
         return {
-            self.key: mean,
+            self.key: safe_ratio(self.total, self.images),  # NaN when no pair was scored: no number, not 0
             "images": float(self.images),
             "evaluated": float(self.pairs),
             "skipped": float(self.skipped),

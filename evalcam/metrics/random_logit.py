@@ -51,6 +51,7 @@ class RandomLogit(Metric):
     name = "random_logit"
     pred_topk = 1
     higher_is_better: ClassVar[dict[str, bool]] = {"ssim": False}
+    omitted_when_empty: ClassVar[tuple[str, ...]] = ("ssim",)
 
     def __init__(
         self, device: torch.device | str = "cpu", seed: int = 0, window: int = 7, chunk_size: int = 32

@@ -36,6 +36,7 @@ class SampledStability(Metric):
 
     pred_topk = 1
     higher_is_better: ClassVar[dict[str, bool]] = {"score": False}
+    omitted_when_empty: ClassVar[tuple[str, ...]] = ("score",)
 
     def __init__(
         self,
@@ -161,6 +162,7 @@ class SampledStability(Metric):
             measured=float(self.measured),
             unmeasured=float(self.unmeasured),
             degenerate_maps=float(self.degenerate),
-            changed_predictions=safe_ratio(self.changed, self.copies) if float(self.copies) else 0.0,
         )
+        if float(self.copies) > 0:  # a share of the copies: left out, like the score, before any copy
+            out["changed_predictions"] = safe_ratio(self.changed, self.copies)
         return out

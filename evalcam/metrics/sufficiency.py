@@ -9,7 +9,8 @@ variance carry no information and are left out) are divided by the largest one. 
 neighbours are the *other* images at distance ``<= threshold``; its value is the fraction of them with the
 same top-1 predicted class (higher is better), 0 when it has none (as Quantus; counted in
 ``no_neighbours``). No extra forward is needed. The value depends on which images share a batch, as in
-Quantus; the paper's dataset-level version would compare each image with all others.
+Quantus (``batch_dependent``: the runner never splits a batch); the paper's dataset-level version would
+compare each image with all others.
 
 A degenerate map (NaN/Inf, constant, or negative everywhere) is counted in ``degenerate_maps`` and still
 scored: non-finite values count as 0 and ties fall back to raster order (see
@@ -42,6 +43,7 @@ class Sufficiency(FaithfulMetric):
     name = "sufficiency"
     keys: ClassVar[tuple[str, ...]] = ("sufficiency",)
     higher_is_better: ClassVar[dict[str, bool]] = {"sufficiency": True}
+    batch_dependent = True  # neighbours are the other images of the batch
 
     def __init__(self, device: torch.device | str = "cpu", threshold: float = 0.6) -> None:
         super().__init__(device)
