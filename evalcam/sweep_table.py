@@ -72,17 +72,53 @@ def comparison_table(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
         columns += [k for k in shown if k not in columns]
     labels = _labels([str(s.get("run_name", "?")) for s in summaries])
     rows = [[s.get("metrics", {}).get(k, float("nan")) for k in columns] for s in summaries]
-    return pd.DataFrame(rows, index=pd.Index(labels, name="run"), columns=columns)
+    table = pd.DataFrame(rows, index=pd.Index(labels, name="run"), columns=columns)
+    # Each value's bootstrap interval (``<key>/ci_low``, ``/ci_high`` in the run's summary), kept beside
+    # the numeric table so that its columns stay the compared values.
+    nan = float("nan")
+    table.attrs["ci"] = {
+        k: [
+            (s.get("metrics", {}).get(f"{k}/ci_low", nan), s.get("metrics", {}).get(f"{k}/ci_high", nan))
+            for s in summaries
+        ]
+        for k in columns
+    }
+    return table
+
+
+def _cell(value: float, interval: tuple[float, float] | None, digits: int) -> str:
+    if value != value:
+        return "–"
+    text = f"{value:.{digits}f}"
+    if interval is not None and interval[0] == interval[0] and interval[1] == interval[1]:
+        text += f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+    return text
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
-    """A GitHub Markdown table (no extra dependency: ``DataFrame.to_markdown`` needs tabulate)."""
+    """A GitHub Markdown table (no extra dependency: ``DataFrame.to_markdown`` needs tabulate); each value
+    with its bootstrap interval where the run logged one: ``0.4750 [0.3250, 0.6250]``."""
     header = [table.index.name or "run", *table.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for label, values in zip(table.index, table.itertuples(index=False), strict=True):
-        cells = ["–" if v != v else f"{v:.{digits}f}" for v in values]
+    intervals = table.attrs.get("ci", {})
+    for row, (label, values) in enumerate(zip(table.index, table.itertuples(index=False), strict=True)):
+        cells = [
+            _cell(v, intervals[k][row] if k in intervals else None, digits)
+            for k, v in zip(table.columns, values, strict=True)
+        ]
         lines.append("| " + " | ".join([str(label), *cells]) + " |")
     return "\n".join(lines)
+
+
+def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with ``<key>/ci_low`` and ``<key>/ci_high`` columns after each value's column (CSV)."""
+    out = pd.DataFrame(index=table.index)
+    for key in table.columns:
+        out[key] = table[key]
+        if key in table.attrs.get("ci", {}):
+            out[f"{key}/ci_low"] = [low for low, _ in table.attrs["ci"][key]]
+            out[f"{key}/ci_high"] = [high for _, high in table.attrs["ci"][key]]
+    return out
 
 
 def save_and_print(table: pd.DataFrame, folder: str | Path, stem: str = "comparison") -> list[Path]:
@@ -90,7 +126,7 @@ def save_and_print(table: pd.DataFrame, folder: str | Path, stem: str = "compari
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = folder / f"{stem}.csv", folder / f"{stem}.md"
-    table.to_csv(csv_path)
+    with_intervals(table).to_csv(csv_path)
     markdown = to_markdown(table)
     md_path.write_text(markdown + "\n")
     print(f"\n{markdown}\n\ntable saved: {csv_path} and {md_path}")

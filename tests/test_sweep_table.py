@@ -76,6 +76,13 @@ def test_sweep_prints_and_saves_the_methods_by_metrics_table(tmp_path):
         (summary_path,) = tmp_path.glob(f"{method}__*/summary.json")
         logged = json.loads(summary_path.read_text())["metrics"]
         assert table.loc[label, "weak_loc/top1_loc_error"] == logged["weak_loc/top1_loc_error"]
+        # Each value travels with the bootstrap interval the run logged, in the CSV and the printed cell.
+        low, high = logged["weak_loc/top1_loc_error/ci_low"], logged["weak_loc/top1_loc_error/ci_high"]
+        assert table.loc[label, "weak_loc/top1_loc_error/ci_low"] == low
+        assert table.loc[label, "weak_loc/top1_loc_error/ci_high"] == high
+        value = logged["weak_loc/top1_loc_error"]
+        (line,) = [row for row in done.stdout.splitlines() if row.startswith(f"| {label} |")]
+        assert f"| {value:.4f} [{low:.4f}, {high:.4f}] |" in line
     # The printed table is the saved Markdown file.
     assert saved[0].with_suffix(".md").read_text().strip() in done.stdout
 
