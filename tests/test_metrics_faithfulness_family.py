@@ -22,7 +22,7 @@ from evalcam.metrics.irof import IROF
 from evalcam.metrics.monotonicity_correlation import MonotonicityCorrelation
 from evalcam.metrics.pixel_flipping import PixelFlipping
 from evalcam.metrics.region_perturbation import RegionPerturbation
-from evalcam.metrics.road import ROAD, noisy_linear_imputation
+from evalcam.metrics.road import ROAD, dissection_order, noisy_linear_imputation
 from evalcam.metrics.sufficiency import Sufficiency
 
 FAMILY = (
@@ -286,6 +286,27 @@ def test_noisy_linear_imputation_equals_the_reference_code():
     window = plain[:, y - 1 : y + 2, x - 1 : x + 2]
     weights = torch.tensor([[1, 2, 1], [2, 0, 2], [1, 2, 1]]) / 12
     assert torch.allclose((window * weights).sum((1, 2)), plain[:, y, x], atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(37, 52), (64, 9), (1, 40)])
+def test_dissection_ordered_imputation_equals_the_reference_code_on_blobs_and_scatter(shape):
+    """Several dissection levels (blob masks as ROAD's smooth maps give, and scattered pixels): the
+    reordered solve is the reference's system, solved to the same numbers."""
+    height, width = shape
+    order = dissection_order(height, width)
+    assert np.array_equal(np.sort(order), np.arange(height * width))
+    generator = torch.Generator().manual_seed(height * width)
+    image = torch.rand(3, height, width, generator=generator)
+    smooth = torch.nn.functional.interpolate(
+        torch.rand(1, 1, 4, 4, generator=generator), size=shape, mode="bilinear", align_corners=False
+    )[0, 0]
+    cut = smooth.median()
+    for missing in (smooth > cut, smooth <= cut, torch.rand(shape, generator=generator) < 0.6):
+        assert missing.any() and not missing.all()
+        torch.manual_seed(2)
+        theirs = reference_noisy_linear_imputer(image, (~missing).to(torch.uint8), noise=0.01)
+        ours = noisy_linear_imputation(image, missing, 0.01, torch.Generator().manual_seed(2))
+        assert torch.allclose(ours, theirs, atol=1e-6)
 
 
 def test_road_equals_the_reference_pipeline_on_a_small_image():

@@ -28,12 +28,13 @@ scored: non-finite values count as 0 and ties fall back to raster order (see
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
 import torch
 from scipy.sparse import coo_matrix
-from scipy.sparse.linalg import spsolve
+from scipy.sparse.linalg import splu
 
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.faithful_base import FaithfulMetric, input_cams
@@ -53,15 +54,54 @@ NEIGHBOURS = (
 )
 
 
+@lru_cache(maxsize=16)
+def dissection_order(height: int, width: int, leaf: int = 16) -> np.ndarray:
+    """Flat indices of an ``height`` x ``width`` grid in geometric nested-dissection order.
+
+    Boxes are cut in half across their longer side by a one-pixel line (a separator for the 8-neighbour
+    stencil), both halves come first (recursively) and the line last. Restricted to any set of pixels it
+    is still a dissection of that set, so one order per image size serves every mask; on ROAD's systems it
+    halves SuperLU's factorization time against its own minimum-degree orderings (measured on 224 px).
+    """
+    parts: list[np.ndarray] = []
+
+    def visit(top: int, bottom: int, left: int, right: int) -> None:
+        rows, cols = bottom - top, right - left
+        if rows <= 0 or cols <= 0:
+            return
+        if rows * cols <= leaf:
+            parts.append((np.arange(top, bottom)[:, None] * width + np.arange(left, right)).ravel())
+        elif rows >= cols:
+            middle = (top + bottom) // 2
+            visit(top, middle, left, right)
+            visit(middle + 1, bottom, left, right)
+            parts.append(middle * width + np.arange(left, right))
+        else:
+            middle = (left + right) // 2
+            visit(top, bottom, left, middle)
+            visit(top, bottom, middle + 1, right)
+            parts.append(np.arange(top, bottom) * width + middle)
+
+    visit(0, height, 0, width)
+    order = np.concatenate(parts)
+    order.flags.writeable = False  # cached and shared between calls
+    return order
+
+
 def linear_imputation(image: np.ndarray, missing: np.ndarray) -> np.ndarray:
     """``[C, H, W]`` with every ``missing`` ``[H, W]`` pixel the weighted mean of its in-image neighbours.
 
-    Builds ``A x = b`` over the missing pixels: ``-(sum of in-image neighbour weights) x_i + sum_{missing
-    j} w_ij x_j = -sum_{known j} w_ij v_j`` per channel, and solves it exactly (sparse LU).
+    Builds ``A x = b`` over the missing pixels: ``(sum of in-image neighbour weights) x_i - sum_{missing
+    j} w_ij x_j = sum_{known j} w_ij v_j`` per channel (the reference's system negated), and solves it
+    exactly for all channels at once. ``A`` is a principal submatrix of the image's Neumann Laplacian with
+    at least one known neighbour per connected set of unknowns: symmetric positive definite, so the sparse
+    LU needs no pivoting and takes the fill-reducing :func:`dissection_order` as it is.
     """
     channels, height, width = image.shape
-    index = np.flatnonzero(missing.reshape(-1))
+    flat_missing = missing.reshape(-1)
     out = image.astype(np.float64).reshape(channels, -1).copy()
+    index = dissection_order(height, width)
+    index = index[flat_missing[index]]  # unknowns, numbered in dissection order
     count = len(index)
     if count == 0:
         return out.reshape(image.shape)
@@ -69,11 +109,10 @@ def linear_imputation(image: np.ndarray, missing: np.ndarray) -> np.ndarray:
         raise ValueError("ROAD: every pixel is removed, nothing to impute from; use percentages in (0, 100)")
     variable = np.full(height * width, -1, dtype=np.int64)
     variable[index] = np.arange(count)
-    ys, xs = index // width, index % width
+    ys, xs = np.divmod(index, width)
     diagonal = np.zeros(count)
     rhs = np.zeros((count, channels))
     rows, cols, vals = [], [], []
-    flat_missing = missing.reshape(-1)
     for dy, dx, weight in NEIGHBOURS:
         ny, nx = ys + dy, xs + dx
         inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
@@ -83,17 +122,17 @@ def linear_imputation(image: np.ndarray, missing: np.ndarray) -> np.ndarray:
         unknown = flat_missing[neighbour]
         rows.append(equation[unknown])
         cols.append(variable[neighbour[unknown]])
-        vals.append(np.full(int(unknown.sum()), weight))
+        vals.append(np.full(int(unknown.sum()), -weight))
         # One neighbour per equation and offset, so plain fancy indexing never collides.
-        rhs[equation[~unknown]] -= weight * out[:, neighbour[~unknown]].T
+        rhs[equation[~unknown]] += weight * out[:, neighbour[~unknown]].T
     rows.append(np.arange(count))
     cols.append(np.arange(count))
-    vals.append(-diagonal)
+    vals.append(diagonal)
     system = coo_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(count, count)
     ).tocsc()
-    solution = np.asarray(spsolve(system, rhs)).reshape(count, channels)
-    out[:, index] = solution.T
+    factor = splu(system, permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+    out[:, index] = factor.solve(rhs).T
     return out.reshape(image.shape)
 
 
