@@ -117,3 +117,18 @@ def test_rerunning_a_finished_run_keeps_its_seconds_and_its_mlflow_table(tmp_pat
     table = mlflow.load_table("per_image_table.json", run_ids=[first.mlflow_run_id])
     assert len(table) == 2
     assert Path(first.run_dir).name == Path(again.run_dir).name
+
+
+def test_run_names_name_the_seed_once_not_each_derived_sub_seed(tmp_path):
+    from evalcam.stats.seed import resolve_seeds
+
+    metrics = "metrics=[weak_loc,focus,emprt]"
+    plain = resolve_seeds(config_for(tmp_path, "method=rise", metrics))
+    assert plain["method"]["params"]["seed"] is not None  # derived from seed=0, not left null
+    assert run_name(plain) == "rise·efficientnet_lite0·sample"
+    other = resolve_seeds(config_for(tmp_path, "method=rise", metrics, "seed=3"))
+    assert other["method"]["params"]["seed"] != plain["method"]["params"]["seed"]
+    assert run_name(other) == "rise·efficientnet_lite0·sample (seed=3)"
+    # A sub-seed set by hand is not the derived one: it is named.
+    pinned = resolve_seeds(config_for(tmp_path, "method=rise", metrics, "metrics.focus.seed=5"))
+    assert run_name(pinned) == "rise·efficientnet_lite0·sample (focus.seed=5)"
