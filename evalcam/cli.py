@@ -88,8 +88,22 @@ def _run_hydra(argv: list[str]) -> None:
 
     expanded = [part for arg in argv for part in pgc_override(arg)]
     check_overrides(expanded)  # a typo ends in one line naming the key, before Hydra's multi-line report
-    sys.argv = [sys.argv[0], *expanded]
+    sys.argv = [sys.argv[0], *expanded, *sweeper_fallback(expanded)]
     _main()
+
+
+def sweeper_fallback(argv: list[str]) -> list[str]:
+    """``["hydra/sweeper=basic"]`` for a ``-m`` sweep when evalcam's sweeper plugin (the default of
+    conf/config.yaml, ``hydra_plugins/evalcam_sweeper``) cannot be imported, e.g. an install made before
+    it existed; Hydra's own sweeper gives the same jobs, composing each config twice. Else ``[]``."""
+    import importlib.util
+
+    if not {"-m", "--multirun"} & set(argv) or any(a.startswith("hydra/sweeper=") for a in argv):
+        return []
+    if importlib.util.find_spec("hydra_plugins.evalcam_sweeper") is not None:
+        return []
+    logging.getLogger(__name__).info("evalcam's sweeper plugin is not installed: Hydra's basic sweeper runs")
+    return ["hydra/sweeper=basic"]
 
 
 def _record_sweep_job(run_dir) -> None:

@@ -103,10 +103,21 @@ def example_grid(rows: Sequence[ExampleRow], path: str | Path, suptitle: str = "
     if suptitle:
         fig.suptitle(suptitle, y=1 - 8 / height, va="top")
     path = Path(path)
-    # zlib level 3 instead of PIL's 6: a third of the encoding time for a ~10% larger file.
-    fig.savefig(path, dpi=EXAMPLE_DPI, pil_kwargs={"compress_level": 3})
+    _save_rgb(fig, path)
     plt.close(fig)
     return path
+
+
+def _save_rgb(fig: plt.Figure, path: Path) -> None:
+    """The figure's pixels as an RGB PNG at zlib level 1: the same pixels as ``savefig`` at the figure's
+    dpi. The figure is opaque, so savefig's alpha channel carried nothing; without it, at level 1, an
+    8-row grid encodes in ~0.06 s CPU (RGBA at level 3: ~0.10 s, at PIL's default 6: ~0.28 s) into a
+    ~10% smaller file."""
+    from PIL import Image
+
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    Image.fromarray(pixels).save(path, format="png", compress_level=1)
 
 
 def _signed_rgb(rgb: torch.Tensor) -> np.ndarray:

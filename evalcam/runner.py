@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,7 +252,9 @@ def run(config: dict[str, Any]) -> RunResult:
         # Nothing was evaluated: a rerun of a finished run keeps the times the run took, not the rerun's.
         seconds = previous_seconds(run_dir, seconds) or seconds
         kept_wall = previous_seconds(run_dir, None, "run/wall_seconds")
-    result = finish(config, run_dir, store, metrics, bundle, explainer, dataset, seconds, kept_wall)
+    result = finish(
+        config, run_dir, store, metrics, bundle, explainer, dataset, seconds, kept_wall, examples.samples
+    )
     if world > 1:
         dist.destroy_process_group()
     return result
@@ -267,6 +270,7 @@ def finish(
     dataset,
     seconds: float,
     kept_wall: float | None = None,
+    decoded: Mapping[str, Sample] | None = None,
 ) -> RunResult:
     table = store.table()
     skipped = table[table["status"] == "skipped"] if len(table) else table
@@ -298,7 +302,7 @@ def finish(
         target = run_dir / "config.yaml"
         write_atomic(target, lambda tmp: tmp.write_text(yaml.safe_dump(config, sort_keys=False)))
         target = run_dir / "examples.png"
-        draw_examples(config, run_dir, table, bundle, explainer, dataset)
+        draw_examples(config, run_dir, table, bundle, explainer, dataset, decoded)
     except OSError as err:
         raise storage_error(err, target, f"The per-image results in {store.parts_dir} are intact.") from err
 
@@ -390,15 +394,24 @@ def intervals(config, metrics, table: pd.DataFrame, values: dict[str, float]) ->
     )
 
 
-def draw_examples(config, run_dir: Path, table: pd.DataFrame, bundle, explainer, dataset) -> None:
-    # matplotlib is imported here, not with the runner: a run with n_examples=0 never pays for it.
-    from evalcam import figures
-
+def draw_examples(
+    config,
+    run_dir: Path,
+    table: pd.DataFrame,
+    bundle,
+    explainer,
+    dataset,
+    decoded: Mapping[str, Sample] | None = None,
+) -> None:
     """Figure of the first few images: image | top-1 map | predicted vs ground-truth boxes.
 
     The maps are the ones the run computed (``example_maps.pt``, :mod:`evalcam.pacing`): nothing is
     explained again. A run folder from before they were kept gets no new figure (its old one stays).
+    ``decoded``: samples the batch loop already read, by image id (the others are read from ``dataset``).
     """
+    # matplotlib is imported here, not with the runner: a run with n_examples=0 never pays for it.
+    from evalcam import figures
+
     count = config["n_examples"]
     if count <= 0 or not len(table):
         return
@@ -412,7 +425,7 @@ def draw_examples(config, run_dir: Path, table: pd.DataFrame, bundle, explainer,
     for entry in stored:
         if entry["image_id"] not in index_of:
             continue
-        sample = dataset[index_of[entry["image_id"]]]
+        sample = (decoded or {}).get(entry["image_id"]) or dataset[index_of[entry["image_id"]]]
         if not isinstance(sample, Sample):
             continue
         cls = int(entry["class"])

@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_same_numbers, cli_pausing_after_batch, compose_config, parts
@@ -93,6 +94,35 @@ def test_examples_are_drawn_from_the_kept_maps_without_explaining(tmp_path, monk
     again = run(config)  # every image is done: only the summary and the figure are written again
     assert (again.run_dir / "examples.png").is_file()
     assert torch.equal(load_example_maps(again.run_dir / EXAMPLE_MAPS)[1]["map"], kept[1]["map"])
+
+
+def test_examples_reuse_the_images_the_run_decoded(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from evalcam.data.base import EvalDataset
+
+    decoded = []
+    read = EvalDataset.__getitem__
+
+    def counted(self, index):
+        decoded.append(self.ids[index])
+        return read(self, index)
+
+    monkeypatch.setattr(EvalDataset, "__getitem__", counted)
+    gradcam = ("method=gradcam", *OVERRIDES[2:])
+    config = config_for(tmp_path / "runs", "n_examples=2", slow_ratio=1e9, base=gradcam)
+    first = run(config)
+    assert sorted(decoded) == sorted(result_ids(first.run_dir))  # each image once: none for the figure
+    drawn = Image.open(first.run_dir / "examples.png")
+    assert drawn.mode == "RGB"
+    pixels = np.asarray(drawn)
+    # A rerun of the finished run has decoded nothing: its figure reads the two images from the dataset
+    # and is the same picture.
+    (first.run_dir / "examples.png").unlink()
+    decoded.clear()
+    again = run(config)
+    assert len(decoded) == 2
+    assert np.array_equal(np.asarray(Image.open(again.run_dir / "examples.png")), pixels)
 
 
 @pytest.mark.slow
