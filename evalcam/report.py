@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from evalcam.experiments import compose_many, load_experiment, sweep_overrides
+from evalcam.stats.bootstrap import format_number
 from evalcam.stats.report_stats import GroupStats, group_stats, interval_text
 from evalcam.tracking import flatten
 
@@ -198,7 +199,7 @@ def collect(
 def _fmt(value: float | None, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return f"{value:.{digits}f}"
+    return format_number(float(value), digits)
 
 
 def _signed(value: float | None, digits: int = 2) -> str:

@@ -294,3 +294,12 @@ def test_compare_marks_a_planted_difference_and_ranks_on_informative_metrics():
     # Ranked on m/acc alone (m/cls ties everyone), so the order is good, close, bad.
     assert [s.method for s in result.ranking] == ["good", "close", "bad"]
     assert result.ranking[2].low == 3
+
+
+def test_intervals_print_unbounded_scores_in_scientific_notation():
+    from evalcam.stats.bootstrap import format_interval
+
+    assert format_interval(47.5, 38.125, 57.0, 1) == "47.5 [38.1, 57.0]"
+    # Relative stabilities reach 1e31: fixed point would print 32 digits.
+    assert format_interval(8.58e31, 0.0061, 1.7e32, 3) == "8.580e+31 [0.006, 1.700e+32]"
+    assert format_interval(float("inf"), None, None, 2) == "inf"

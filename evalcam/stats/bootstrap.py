@@ -41,11 +41,19 @@ class Interval:
         return format_interval(self.value, self.low, self.high)
 
 
+def format_number(value: float, digits: int = 4) -> str:
+    """``digits`` decimals; values of 1e6 or more in magnitude (unbounded scores such as the relative
+    stabilities) in scientific notation, which a fixed-point column would print as 30 digits."""
+    if math.isfinite(value) and abs(value) >= 1e6:
+        return f"{value:.{max(digits, 2)}e}"
+    return f"{value:.{digits}f}"
+
+
 def format_interval(value: float, low: float | None, high: float | None, digits: int = 4) -> str:
     """``47.5 [38.1, 57.0]`` (or the bare value when there is no interval)."""
     if low is None or high is None or math.isnan(low) or math.isnan(high):
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+        return format_number(value, digits)
+    return f"{format_number(value, digits)} [{format_number(low, digits)}, {format_number(high, digits)}]"
 
 
 def check_settings(resamples: int, confidence: float) -> None:
