@@ -93,17 +93,29 @@ def _run_hydra(argv: list[str]) -> None:
 
 
 def sweeper_fallback(argv: list[str]) -> list[str]:
-    """``["hydra/sweeper=basic"]`` for a ``-m`` sweep when evalcam's sweeper plugin (the default of
-    conf/config.yaml, ``hydra_plugins/evalcam_sweeper``) cannot be imported, e.g. an install made before
-    it existed; Hydra's own sweeper gives the same jobs, composing each config twice. Else ``[]``."""
-    import importlib.util
+    """Make evalcam's sweeper (the default of conf/config.yaml, ``hydra_plugins/evalcam_sweeper``) known to
+    Hydra for a ``-m`` sweep and return ``[]``; ``["hydra/sweeper=basic"]`` when it cannot be imported (e.g.
+    an install made before it existed): Hydra's own sweeper gives the same jobs, composing each config twice.
 
+    The class is registered by hand because Hydra's plugin scan walks the ``hydra_plugins`` namespace's
+    folders, which an editable install (PEP 660 import hook) does not expose outside the repository root."""
     if not {"-m", "--multirun"} & set(argv) or any(a.startswith("hydra/sweeper=") for a in argv):
         return []
-    if importlib.util.find_spec("hydra_plugins.evalcam_sweeper") is not None:
+    try:
+        from hydra.core.plugins import Plugins
+
+        # The scan first: it re-imports Hydra's core plugins, and the sweeper must subclass the
+        # BasicSweeper the scan leaves in place.
+        plugins = Plugins.instance()
+        from hydra_plugins.evalcam_sweeper import ComposeOnceSweeper
+
+        plugins.register(ComposeOnceSweeper)
         return []
-    logging.getLogger(__name__).info("evalcam's sweeper plugin is not installed: Hydra's basic sweeper runs")
-    return ["hydra/sweeper=basic"]
+    except Exception as err:  # an old or partial install: the basic sweeper runs the same jobs
+        logging.getLogger(__name__).info(
+            "evalcam's sweeper plugin is unavailable (%s): Hydra's basic sweeper runs", err
+        )
+        return ["hydra/sweeper=basic"]
 
 
 def _record_sweep_job(run_dir) -> None:
