@@ -303,3 +303,17 @@ def test_intervals_print_unbounded_scores_in_scientific_notation():
     # Relative stabilities reach 1e31: fixed point would print 32 digits.
     assert format_interval(8.58e31, 0.0061, 1.7e32, 3) == "8.580e+31 [0.006, 1.700e+32]"
     assert format_interval(float("inf"), None, None, 2) == "inf"
+
+
+def test_methods_with_identical_records_get_identical_verdicts():
+    """CAM and Grad-CAM on a GAP head give the same maps: their paired tests against the best must agree
+    exactly, whatever the Monte-Carlo draws (one stream of swaps per metric)."""
+    rng = np.random.default_rng(3)
+    cls = (rng.random(60) < 0.3).astype(float)
+    best = (rng.random(60) < 0.75).astype(float)
+    twin = (rng.random(60) < 0.5).astype(float)
+    runs = [_records("best", best, cls), _records("cam", twin, cls), _records("gradcam", twin.copy(), cls)]
+    for seed in range(5):
+        result = compare(runs, seed=seed)
+        cam, gradcam = result.cells[("cam", "m/acc")], result.cells[("gradcam", "m/acc")]
+        assert cam.p_value == gradcam.p_value and cam.p_holm == gradcam.p_holm
