@@ -317,3 +317,32 @@ def test_methods_with_identical_records_get_identical_verdicts():
         result = compare(runs, seed=seed)
         cam, gradcam = result.cells[("cam", "m/acc")], result.cells[("gradcam", "m/acc")]
         assert cam.p_value == gradcam.p_value and cam.p_holm == gradcam.p_holm
+
+
+def test_every_compared_value_of_a_run_gets_its_interval(tmp_path):
+    """Each metric's per-image records must reproduce what it logs, or the run gets no interval (and only a
+    warning): a unit mismatch (records in percent, value as a fraction) would silently drop the CIs."""
+    import json
+
+    from conftest import config_for
+
+    from evalcam.runner import run
+
+    metrics = [
+        "avg_drop", "weak_loc", "maxboxacc", "energy_pointing", "sparseness", "complexity",
+        "effective_complexity", "relevance_mass", "mask_auc",
+    ]  # fmt: skip
+    result = run(
+        config_for(
+            tmp_path, "dataset.limit=5", f"metrics=[{','.join(metrics)}]",
+            "metrics.relevance_mass.boxes_as_masks=true", "metrics.mask_auc.boxes_as_masks=true",
+        )
+    )  # fmt: skip
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    logged = summary["metrics"]
+    compared = [k for k in summary["higher_is_better"] if np.isfinite(logged.get(k, float("nan")))]
+    assert {k.split("/")[0] for k in compared} == set(metrics)
+    missing = [k for k in compared if f"{k}/ci_low" not in logged]
+    assert not missing, f"no interval for {missing}"
+    for key in compared:
+        assert logged[f"{key}/ci_low"] <= logged[key] + 1e-9 <= logged[f"{key}/ci_high"] + 2e-9

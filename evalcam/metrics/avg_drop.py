@@ -101,11 +101,9 @@ class AverageDrop(Metric):
         ]
 
     def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
-        # Both are percentages of per-image quantities: the drop ratio and the increase flag.
-        known = {
-            "avg_drop": Mean(self.column("drop"), scale=100.0),
-            "increase_conf": Mean(self.column("increase"), scale=100.0),
-        }
+        # Both are logged as fractions (reports scale them by 100): means of the per-image drop ratio and
+        # increase flag.
+        known = {"avg_drop": Mean(self.column("drop")), "increase_conf": Mean(self.column("increase"))}
         return {k: known[k] for k in keys if k in known}
 
     def compute(self) -> dict[str, float]:
