@@ -151,6 +151,10 @@ def _rise_curve(model: nn.Module, batch: EvalBatch, mode: str, step: int, substr
     return torch.stack(curve, 1).double()
 
 
+@pytest.mark.skip(
+    reason="deletion/insertion run densely until the defect of their incremental steps on real photos "
+    "is found (regression test in test_metrics_deletion_insertion.py)"
+)
 @pytest.mark.parametrize("mode", ["deletion", "insertion"])
 def test_deletion_and_insertion_equal_a_full_forward_per_point_with_incremental_steps(mode):
     from evalcam.metrics.deletion_insertion import Deletion, Insertion, blur

@@ -192,7 +192,10 @@ class CausalMetric(Metric):
             lambda image, _k: finish[image],
             self.score,
             self.chunk_size,
-            self.incremental,
+            # Dense for now: with incremental steps the pair gave insertion 0.369 against the dense 0.595
+            # for Grad-CAM on 10 ILSVRC images with Lite0 (deletion agreed), even with insertion's own steps
+            # dense, so the defect is in state the two games share. Off until found; the setting is kept.
+            False,
             nested=True,  # copy k replaces the first (k + 1) * step pixels of the order: nested
         )
         clean = class_scores(batch.logits.to(inputs.device), classes, self.score).double()
