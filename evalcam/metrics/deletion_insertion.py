@@ -22,9 +22,9 @@ Forwards: the clean point is the batch's own forward (``batch.logits``); the ful
 forward per image (blur) or one per batch (a constant substrate is the same image for every image), and a
 run with both games scores it, the saliency order and the substrate once per batch (deletion's end is
 insertion's start when their substrates agree). The ``n - 1`` intermediate copies of all images of a batch
-are generated on the fly and scored as one stream of ``chunk_size`` forwards; on the CPU
-(``incremental: auto``) copies whose replaced pixels fit in a small box re-compute only its receptive
-field (:mod:`evalcam.metrics.local_steps`, exact up to float round-off). Per batch of ``B`` images that is
+are generated on the fly and scored as one stream of ``chunk_size`` forwards, densely: the ``incremental``
+setting is accepted but ignored until the defect of the incremental steps on real photos is found (insertion
+0.369 against the dense 0.595, see :meth:`CausalMetric.curves`). Per batch of ``B`` images that is
 ``B (n - 1) + 1`` forwards for deletion with the RISE substrate instead of ``B (n + 1)``.
 """
 
