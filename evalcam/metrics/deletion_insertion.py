@@ -22,10 +22,11 @@ Forwards: the clean point is the batch's own forward (``batch.logits``); the ful
 forward per image (blur) or one per batch (a constant substrate is the same image for every image), and a
 run with both games scores it, the saliency order and the substrate once per batch (deletion's end is
 insertion's start when their substrates agree). The ``n - 1`` intermediate copies of all images of a batch
-are generated on the fly and scored as one stream of ``chunk_size`` forwards, densely: the ``incremental``
-setting is accepted but ignored until the defect of the incremental steps on real photos is found (insertion
-0.369 against the dense 0.595, see :meth:`CausalMetric.curves`). Per batch of ``B`` images that is
-``B (n - 1) + 1`` forwards for deletion with the RISE substrate instead of ``B (n + 1)``.
+are generated on the fly and scored as one stream of ``chunk_size`` forwards; with ``incremental`` (on the
+CPU by default) an image's steps that add a small region step from the previous copy by incremental
+re-inference (:mod:`evalcam.metrics.local_steps`), the same numbers up to float round-off. Per batch of
+``B`` images that is at most ``B (n - 1) + 1`` forwards for deletion with the RISE substrate instead of
+``B (n + 1)``.
 """
 
 from __future__ import annotations
@@ -192,10 +193,7 @@ class CausalMetric(Metric):
             lambda image, _k: finish[image],
             self.score,
             self.chunk_size,
-            # Dense for now: with incremental steps the pair gave insertion 0.369 against the dense 0.595
-            # for Grad-CAM on 10 ILSVRC images with Lite0 (deletion agreed), even with insertion's own steps
-            # dense, so the defect is in state the two games share. Off until found; the setting is kept.
-            False,
+            self.incremental,
             nested=True,  # copy k replaces the first (k + 1) * step pixels of the order: nested
         )
         clean = class_scores(batch.logits.to(inputs.device), classes, self.score).double()

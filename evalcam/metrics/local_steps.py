@@ -129,7 +129,7 @@ def stepped_scores(
     for i in range(batch):
         chained = nested and copies > 0
         args = (executor, base, classes, i, copies, mask_of, values_of, score, limit, out, counts)
-        if chained and _chained(*args, dense, repeats):
+        if chained and _chained(model, *args, dense, repeats):
             continue
         local: list[int] = []
         boxes: list[tuple[int, ...]] = []
@@ -201,6 +201,7 @@ def chain_cost(fraction: float) -> float:
 
 
 def _chained(
+    model: nn.Module,
     executor: Any,
     base: torch.Tensor,
     classes: torch.Tensor,
@@ -252,7 +253,8 @@ def _chained(
                 previous = (
                     base[i : i + 1] if k == 0 else torch.where(masks[k - 1 : k], values, base[i : i + 1])
                 )
-                cache = executor.clean_pass(fast_layout(executor.traced, previous))
+                # the model, not its trace: a trace of functional convolutions has no Conv2d modules
+                cache = executor.chain_pass(fast_layout(model, previous))
                 counts.clean_passes += 1
                 counts.clean_batches.append(1)
             y0, y1, x0, x1 = boxes[k]

@@ -70,6 +70,10 @@ _POINTWISE_FUNCTIONS = {
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 
 
+class ChainCache(dict):
+    """A clean-pass cache that owns its tensors, so :meth:`IncrementalModel.advance` may write into it."""
+
+
 @dataclass
 class Patched:
     """A feature map equal to the clean pass's ``clean`` except on ``box``, where it is ``patch``."""
@@ -215,6 +219,15 @@ class IncrementalModel:
                 values[node] = self._run(node, values)
         return values
 
+    @torch.no_grad()
+    def chain_pass(self, inputs: torch.Tensor) -> ChainCache:
+        """A :meth:`clean_pass` that :meth:`advance` may write into: it runs on its own copy of ``inputs``.
+
+        :meth:`clean_pass` caches the caller's tensor itself, and :meth:`advance` writes each step's pixels
+        into the cached input: on a view of the caller's batch that overwrote the batch's images (the RISE
+        deletion chain left the deleted pixels in the images insertion then inserted)."""
+        return ChainCache(self.clean_pass(inputs.clone()))
+
     def image_cache(self, cache: dict[fx.Node, Any], row: int) -> dict[fx.Node, Any]:
         """The :meth:`clean_pass` cache of image ``row`` alone, cut out of a batch's cache (views)."""
         batch = self.input_of(cache).shape[0]
@@ -291,7 +304,9 @@ class IncrementalModel:
         """Like :meth:`patched` for a cache of one image and one copy, and then make ``cache`` the cache of
         that copy: changed maps are written into the cached tensors on their boxes (in place) or replaced
         where they ran densely. Cumulative games step from one copy to the next this way, each step
-        re-computing only the cone of the pixels it adds."""
+        re-computing only the cone of the pixels it adds. ``cache`` must come from :meth:`chain_pass`."""
+        if not isinstance(cache, ChainCache):
+            raise TypeError("advance writes into its cache: start the chain with chain_pass, not clean_pass")
         values: dict[fx.Node, Any] = {}
         output: Any = None
         for node in self.nodes:
