@@ -167,6 +167,53 @@ def test_emprt_matches_quantus_with_its_randomization_scheme():
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
 
 
+def test_emprt_abs_matches_quantus_abs_on_signed_maps():
+    """The eMPRT paper's setting (sanity-checks-revisited's benchmarking notebook): Quantus' LayerGradCam
+    (Captum: no ReLU, bilinear upsampling), normalised by the second moment, then ``abs``; 100 bins,
+    bottom-up. evalcam's Grad-CAM with ``relu=False`` and ``abs=True`` gives the same scores; without
+    ``abs`` the signed maps score differently."""
+    from evalcam.methods.gradcam import GradCAM
+
+    model = TinyNet().eval()
+    batch = tiny_batch(model=model, explainer=GradCAM(model, "act2", relu=False))
+    assert (batch.pred_maps < 0).any()  # signed maps: abs matters
+    theirs = quantus.EfficientMPRT(
+        layer_order="bottom_up",
+        complexity_func=quantus.complexity_func.discrete_entropy,
+        complexity_func_kwargs={"n_bins": 100},
+        abs=True,
+        normalise=True,
+        normalise_func=quantus.normalise_by_average_second_moment_estimate,
+        seed=3,
+        disable_warnings=True,
+        display_progressbar=False,
+    )
+    x, y, _ = _arrays(batch)
+    expected = np.asarray(
+        theirs(
+            model=model,
+            x_batch=x,
+            y_batch=y,
+            a_batch=None,
+            explain_func=quantus.explain,
+            device="cpu",
+            explain_func_kwargs={
+                "method": "LayerGradCam",
+                "gc_layer": "model.act2",
+                "interpolate": tuple(x.shape[-2:]),
+                "interpolate_mode": "bilinear",
+            },
+        ),
+        dtype=np.float64,
+    )
+    ours = EfficientMPRT(scheme="quantus", seed=3, abs=True)
+    got = np.array([r["emprt.score"] for r in ours.update(batch)])
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+    signed_metric = EfficientMPRT(scheme="quantus", seed=3)
+    signed = np.array([r["emprt.score"] for r in signed_metric.update(batch)])
+    assert np.abs(signed - expected).max() > 1e-3
+
+
 def test_random_logit_ssim_is_the_papers_2d_ssim_where_quantus_flattens_the_maps():
     skimage_metrics = pytest.importorskip("skimage.metrics")
     batch = tiny_batch(n=1)

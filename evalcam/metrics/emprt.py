@@ -10,6 +10,11 @@ in explanation complexity once the model is fully randomized:
 (:mod:`evalcam.metrics.randomization`; the user's model is untouched). Maps are compared at input
 resolution. Higher is better: an explanation of a random model should be noisier.
 
+``abs=True`` takes the entropy of ``|e|`` instead, after upsampling (Quantus' ``abs=True``: ``np.abs`` of
+the map at input resolution). Quantus' ``normalise`` (division by a positive number per map) is not
+applied: the histogram spans each map's own [min, max], so a positive rescaling leaves every count and
+the entropy unchanged (up to float rounding at bin edges).
+
 The randomized copy is built once and reused for every batch of the same model (it is deterministic).
 Degenerate maps: a constant or non-finite original map has no entropy to compare with: counted in
 ``degenerate_maps`` and not scored. A non-finite randomized map: likewise; a constant randomized map is
@@ -66,6 +71,7 @@ class EfficientMPRT(Metric):
         scheme: str = "cascade",
         layers: Sequence[str] | None = None,
         chunk_size: int = 32,
+        abs: bool = False,
     ) -> None:
         super().__init__(device)
         if scheme not in SCHEMES:
@@ -77,6 +83,7 @@ class EfficientMPRT(Metric):
         self.scheme = scheme
         self.layers = list(layers) if layers else None
         self.chunk_size = int(chunk_size)
+        self.abs = bool(abs)
         self._cache = RandomizedModelCache()
         for state in ("score_sum", "h_orig_sum", "h_rand_sum", "measured", "images", "degenerate"):
             self.add_state(state, torch.zeros((), dtype=torch.float64))
@@ -98,11 +105,16 @@ class EfficientMPRT(Metric):
         require_eval(batch.explainer.model, self.name)
         device = batch.inputs.device
         classes = batch.pred_classes[:, 0].to(device)
-        original = upsample(batch.pred_maps[:, 0].detach(), tuple(batch.inputs.shape[-2:])).double()
+        size = tuple(batch.inputs.shape[-2:])
+        native_orig = batch.pred_maps[:, 0].detach()
+        original = upsample(native_orig, size).double()
         native = self.randomized_maps(batch, classes).to(device)
-        randomized = upsample(native, tuple(batch.inputs.shape[-2:])).double()
+        randomized = upsample(native, size).double()
+        if self.abs:
+            original, randomized = original.abs(), randomized.abs()
+            native_orig, native = native_orig.abs(), native.abs()
         h_orig = histogram_entropy(original, self.bins)
-        bad_orig = flat_maps(batch.pred_maps[:, 0]).to(device)
+        bad_orig = flat_maps(native_orig).to(device)
         rand_nonfinite = ~torch.isfinite(native).flatten(1).all(1)
         rand_flat = flat_maps(native)
         # a constant map has entropy 0; its upsampled copy would bin float ripples instead
