@@ -14,7 +14,10 @@ everywhere scores ``mean d^2`` (``beta = 0``) and is counted in ``degenerate_map
 Each perturbation is local, so the square copies run through the incremental re-inference of
 :mod:`evalcam.models.incremental` on the CPU (``incremental: auto``), as occlusion faithfulness does.
 Quantus's ``Infidelity`` (0.6) perturbs its patches cumulatively (each copy keeps the previous patches
-removed) and does not rescale; that is not the paper's protocol, so it is not compared number for number.
+removed) and does not rescale; that is not the paper's protocol. Where each of its copies lacks one square
+(a ``perturb_func`` starting from the clean image, or one patch covering the image) it equals ``scaled:
+false``; ``tests/test_metrics_faithfulness_family_quantus.py`` checks that number for number, reproduces its
+cumulative value explicitly and checks ``scaled: true`` against the paper's formula written out.
 """
 
 from __future__ import annotations

@@ -19,7 +19,11 @@ For the top-1 predicted class ``c`` of each image and every percentage ``p`` of 
 Logged per image, each a mean over the percentages: ``morf_acc``, ``morf_prob`` (lower is better),
 ``lerf_acc``, ``lerf_prob`` (higher is better). The imputation is a CPU sparse solve (scipy), as in the
 reference; forwards run chunked on the metric's device. Quantus's ``ROAD`` imputes in the network's input
-space, only MoRF, accuracy only, with ``int(H*W*p/100)`` features of the channel-broadcast map.
+space, only MoRF, accuracy only, with ``int(H*W*p/100)`` features of the channel-broadcast map; on
+one-channel inputs and without noise it equals the MoRF hits here (imputation commutes with the affine
+normalization); on colour inputs those feature indices are not pixel indices (with a one-channel map its
+imputer fails, a three-channel map counts ``C*H*W`` features): both pinned in
+``tests/test_metrics_faithfulness_family_quantus.py``.
 
 A degenerate map (NaN/Inf, constant, or negative everywhere) is counted in ``degenerate_maps`` and still
 scored: non-finite values count as 0 and ties fall back to raster order (see

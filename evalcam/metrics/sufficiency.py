@@ -2,10 +2,13 @@
 Explanations", ICML 2022), within each batch as Quantus computes it.
 
 An explanation is sufficient when inputs with similar explanations get the same prediction. The top-1
-maps of a batch are upsampled to the input, made absolute and divided by their maximum (Quantus's
-``abs`` + ``normalise_by_max``); pairwise standardized Euclidean distances (``scipy``'s ``seuclidean``:
-each pixel's squared difference divided by its variance over the batch, ``ddof = 1``; pixels with zero
-variance carry no information and are left out) are divided by the largest one. For each image, the
+maps of a batch are upsampled to the input, made absolute and divided by the largest value of the whole
+batch (Quantus's ``abs`` + ``normalise_by_max``, which reduces over every axis of the batch array: one
+scale for all maps, so a map and a multiple of it stay apart; the distances below do not depend on that
+scale); pairwise standardized Euclidean distances (``scipy``'s ``seuclidean``: each pixel's squared
+difference divided by its variance over the batch, ``ddof = 1``; pixels with zero variance carry no
+information and are left out, where scipy's division by zero makes every distance NaN and Quantus then
+finds no neighbours) are divided by the largest one. For each image, the
 neighbours are the *other* images at distance ``<= threshold``; its value is the fraction of them with the
 same top-1 predicted class (higher is better), 0 when it has none (as Quantus; counted in
 ``no_neighbours``). No extra forward is needed. The value depends on which images share a batch, as in
@@ -28,9 +31,9 @@ from evalcam.metrics.faithful_base import FaithfulMetric, input_cams
 
 
 def normalized_distances(maps: torch.Tensor) -> torch.Tensor:
-    """``[B, B]`` seuclidean distances of ``|maps|`` / max, divided by the largest distance."""
+    """``[B, B]`` seuclidean distances of ``|maps|`` / (the batch's max), divided by the largest distance."""
     flat = maps.flatten(1).double().abs()
-    flat = flat / flat.amax(1, keepdim=True).clamp_min(1e-300)
+    flat = flat / flat.max().clamp_min(1e-300)
     variance = flat.var(0, unbiased=True) if flat.shape[0] > 1 else torch.zeros_like(flat[0])
     keep = variance > 0
     scaled = flat[:, keep] / variance[keep].sqrt()
