@@ -12,6 +12,10 @@ process, against
   layer's activation (a forward hook, ``torch.autograd.grad``), the least any gradient CAM must do;
 - ``floor:forward+backward``: a forward pass plus the full backward pass to the input.
 
+The floors run in the layout the model is fastest in (channels-last for a CNN on the CPU, as evalcam's CAM
+explainers and perturbation metrics run; the conversion is inside the timing): the least plain PyTorch can
+do, not a slower one. Peers get the same NCHW batch a user would pass them.
+
 What each library returns differs and is part of its cost: evalcam keeps maps at feature resolution on
 the device; pytorch-grad-cam returns min-max normalised maps resized to the input on the host (NumPy +
 OpenCV); Captum and TorchCAM return feature-resolution tensors.

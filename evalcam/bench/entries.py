@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from evalcam.models.bundle import ModelBundle
+from evalcam.models.chunked import fast_layout
 from evalcam.models.layers import resolve_layer
 
 
@@ -45,7 +46,7 @@ def floor_entries(model: nn.Module, layer_name: str) -> list[Entry]:
     def forward():
         def call(x, classes):
             with torch.no_grad():
-                return model(x)
+                return model(fast_layout(model, x))
 
         return call, lambda: None
 
@@ -59,7 +60,7 @@ def floor_entries(model: nn.Module, layer_name: str) -> list[Entry]:
 
         def call(x, classes):
             with torch.enable_grad():
-                out = model(x)
+                out = model(fast_layout(model, x))
                 return torch.autograd.grad(out.gather(1, classes[:, None]).sum(), store["a"])[0]
 
         return call, handle.remove
@@ -67,7 +68,7 @@ def floor_entries(model: nn.Module, layer_name: str) -> list[Entry]:
     def full_backward():
         def call(x, classes):
             with torch.enable_grad():
-                x = x.detach().requires_grad_(True)
+                x = fast_layout(model, x).detach().requires_grad_(True)
                 out = model(x)
                 return torch.autograd.grad(out.gather(1, classes[:, None]).sum(), x)[0]
 
