@@ -128,7 +128,46 @@ def evaluate_batch(samples: list[Sample], context: RunContext) -> list[dict[str,
     if context.examples is not None:
         context.examples.add(batch)
     rows = prediction_rows(batch)
+    guard = BatchGuard(batch)
     for metric in context.metrics:
         for row, record in zip(rows, metric.update(batch), strict=True):
             row.update(record)
+        guard.check(batch, metric.name)
     return rows
+
+
+#: what every metric of a batch reads and none may change
+GUARDED = ("inputs", "logits", "pred_classes", "pred_maps", "gt_classes", "gt_maps")
+
+
+class BatchModifiedError(RuntimeError):
+    """A metric changed a tensor of the batch that the metrics after it read."""
+
+
+class BatchGuard:
+    """Copies of a batch's shared tensors, checked after every metric: a metric that writes into the images
+    or maps in place (as the incremental deletion chains once did) would make every later metric of the
+    batch score other inputs than the method's, with plausible numbers. A run stops instead."""
+
+    def __init__(self, batch: EvalBatch) -> None:
+        self.copies = {
+            name: (tensor, tensor.clone())
+            for name in GUARDED
+            if isinstance(tensor := getattr(batch, name), torch.Tensor)
+        }
+
+    def check(self, batch: EvalBatch, metric: str) -> None:
+        for name, (tensor, copy) in self.copies.items():
+            if getattr(batch, name) is tensor and _same(tensor, copy):
+                continue
+            raise BatchModifiedError(
+                f"metric {metric!r} changed the batch's {name} in place, so the metrics after it would score "
+                "other inputs: the run stops (a bug in that metric; run the others without it meanwhile)"
+            )
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, NaN where the other is NaN (degenerate maps stay NaN)."""
+    if a.is_floating_point():
+        return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+    return torch.equal(a, b)

@@ -66,3 +66,46 @@ def test_evaluate_batch_equals_explaining_once_and_updating_each_metric(lite0, s
     context.reset_metrics()
     assert all(float(t.abs().sum()) == 0 for s in context.states().values() for t in s.values())
     assert any(float(t.abs().sum()) > 0 for s in states.values() for t in s.values())
+
+
+class Writes:
+    """A metric that writes into one of the batch's tensors (as the incremental deletion chains once did)."""
+
+    name = "writes"
+    pred_topk = 1
+    needs_gt_maps = False
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def update(self, batch):
+        tensor = getattr(batch, self.target)
+        tensor.view(-1)[0] += 1
+        return [{} for _ in batch.samples]
+
+    def reset(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("target", ["inputs", "pred_maps"])
+def test_a_metric_that_changes_the_batch_stops_the_run(lite0, samples, target):
+    from evalcam.pipeline import BatchModifiedError
+
+    cpu = torch.device("cpu")
+    metrics = [*build_metrics({"weak_loc": {}}, cpu), Writes(target)]
+    context = RunContext.build(lite0, build_explainer("gradcam", lite0), metrics, cpu, topk=1)
+    with pytest.raises(BatchModifiedError, match=f"'writes' changed the batch's {target} in place"):
+        evaluate_batch(samples[:2], context)
+
+
+def test_nan_maps_are_not_taken_for_a_change(lite0, samples):
+    from evalcam.pipeline import BatchGuard
+
+    batch = explain_batch(samples[:2], lite0.preprocess([s.image for s in samples[:2]], "cpu"),
+                          lite0, build_explainer("gradcam", lite0), 1, False)  # fmt: skip
+    batch.pred_maps[0] = float("nan")  # a degenerate map, before the guard copies it
+    guard = BatchGuard(batch)
+    guard.check(batch, "reader")  # NaN == NaN here: no error
+    batch.pred_maps[1, 0, 0, 0] = float("nan")
+    with pytest.raises(RuntimeError, match="'reader' changed the batch's pred_maps"):
+        guard.check(batch, "reader")
