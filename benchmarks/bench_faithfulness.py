@@ -15,13 +15,18 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are printed")
     parser.add_argument("--metrics", nargs="*", default=None)
+    parser.add_argument(
+        "--compile", action="store_true", help="evalcam's forwards through torch.compile (warmed first)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     before = os.getloadavg()
-    table = format_rows(bench_rows(args.images, args.steps, args.metrics, args.repeats))
+    rows = bench_rows(args.images, args.steps, args.metrics, args.repeats, compiled=args.compile)
+    table = format_rows(rows)
     after = os.getloadavg()
     print(table)
     print(
         f"\n{args.images} images, {args.steps} steps, {args.repeats} repeats (medians), "
-        f"{torch.get_num_threads()} thread(s); load average {before[0]:.2f} before, {after[0]:.2f} after"
+        f"{torch.get_num_threads()} thread(s){', compiled' if args.compile else ''}; "
+        f"load average {before[0]:.2f} before, {after[0]:.2f} after"
     )

@@ -32,6 +32,7 @@ from evalcam.data import Sample, SkippedImage, build_dataset, collate_samples
 from evalcam.devices import resolve_device
 from evalcam.methods import build_explainer, method_tags
 from evalcam.metrics import build_metrics
+from evalcam.models.chunked import compile_forwards
 from evalcam.models.proxy_heads import apply_head
 from evalcam.naming import run_name as _named
 from evalcam.pacing import ExampleMaps, Pace, load_example_maps
@@ -149,6 +150,7 @@ def run(config: dict[str, Any]) -> RunResult:
     bundle = apply_head(model_cfg.get("head"), bundle, dataset.label_space)
     explainer = build_explainer(method_cfg["name"], bundle, **dict(method_cfg.get("params") or {}))
     metrics = build_metrics(config["metrics"] or {}, device)
+    compile_forwards(bool(config.get("compile", False)))
     check_compatible(metrics, dataset, bundle, typed_overrides(config))
     if config["mlflow"] and rank == 0:
         check_store(config["tracking_uri"] or os.environ.get("MLFLOW_TRACKING_URI"))

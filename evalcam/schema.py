@@ -45,6 +45,9 @@ class RunConfig:
     progress: bool = True
     #: a set-up costing at least this many forwards per image gets an estimate and is saved image by image
     slow_ratio: float = 50.0
+    #: torch.compile the perturbation metrics' chunked forwards (a one-off compile per model, ~40 s for Lite0
+    #: on the CPU, cached on disk; then ~1.5x per forward there); same numbers up to float round-off
+    compile: bool = False
     mlflow: bool = True
     tracking_uri: str | None = None  # null: MLflow's default store (or $MLFLOW_TRACKING_URI)
     experiment: str | None = None  # null: "<dataset>/<model>"

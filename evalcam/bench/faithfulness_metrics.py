@@ -30,6 +30,7 @@ from evalcam.data.types import Sample
 from evalcam.metrics import build_metrics, local_steps
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.faithful_base import input_cams
+from evalcam.models.chunked import compile_forwards
 
 
 class CountingModel:
@@ -204,7 +205,11 @@ def _median(values: list[float]) -> float:
 
 
 def bench_rows(
-    images: int = 8, steps: int = 48, metrics: list[str] | None = None, repeats: int = 1
+    images: int = 8,
+    steps: int = 48,
+    metrics: list[str] | None = None,
+    repeats: int = 1,
+    compiled: bool = False,
 ) -> list[dict[str, Any]]:
     """Per metric: evalcam's, its forward floor's and Quantus's seconds (median of ``repeats``, CPU and
     wall), the forwards each side ran, ``time_floor = evalcam / floor`` and ``ratio = Quantus / evalcam``
@@ -212,6 +217,9 @@ def bench_rows(
 
     ``steps`` (perturbation steps, runs or segments per image) must be ``3 m`` with ``m`` dividing 224*224:
     Quantus counts features per channel and wants a step that divides H*W (12, 24, 48, 96, ...).
+    ``compiled``: evalcam's chunked forwards run through ``torch.compile``
+    (:func:`evalcam.models.chunked.compile_forwards`); each metric runs once untimed first, so the one-off
+    compile is not in its time.
     """
     if steps % 3 or (224 * 224) % (steps // 3):
         raise ValueError(f"steps={steps} must be 3*m with m dividing 224*224 (12, 24, 48, 96, ...)")
@@ -228,6 +236,11 @@ def bench_rows(
         np.trapz = np.trapezoid  # Quantus 0.6 calls np.trapz, removed in NumPy 2.4
     chosen = {k: v for k, v in _settings(steps).items() if not metrics or k in metrics}
     runs: dict[str, dict[str, list[Any]]] = {name: {} for name in chosen}
+    compile_forwards(compiled)
+    if compiled:
+        for name, (ours, _peer, _theirs) in chosen.items():
+            params = {**ours, "chunk_size": images} if name != "sufficiency" else ours
+            _evalcam_once(name, params, batch, counter)
     for _ in range(max(1, int(repeats))):
         for name, (ours, peer, theirs) in chosen.items():
             # chunks as large as Quantus's batches: both sides run forwards of the same shape
@@ -240,6 +253,7 @@ def bench_rows(
                 got.setdefault("dense", []).append(forward_floor(model, batch.inputs, ev["dense_sizes"]))
             if quantus is not None and peer is not None:
                 got.setdefault("quantus", []).append(_quantus_once(peer, theirs, arrays, counter))
+    compile_forwards(False)
     return [_row(name, got) for name, got in runs.items()]
 
 
