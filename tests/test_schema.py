@@ -45,9 +45,9 @@ def test_a_plain_dict_gets_the_same_defaults_and_checks():
     with pytest.raises(ValueError) as err:
         with_defaults({"batchsize": 4})
     assert str(err.value) == (
-        "invalid run config: Key 'batchsize' not in 'RunConfig'; valid keys: batch_size, dataset, device, "
-        "experiment, method, metrics, mlflow, model, n_examples, num_workers, output_dir, progress, resume, "
-        "seed, slow_ratio, stats, topk, tracking_uri"
+        "invalid run config: Key 'batchsize' not in 'RunConfig'; valid keys: batch_size, compile, dataset, "
+        "device, experiment, method, metrics, mlflow, model, n_examples, num_workers, output_dir, progress, "
+        "resume, seed, slow_ratio, stats, topk, tracking_uri"
     )
     with pytest.raises(ValueError) as err:
         with_defaults({"topk": "x"})
