@@ -168,6 +168,8 @@ class BatchGuard:
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal values, NaN where the other is NaN (degenerate maps stay NaN)."""
+    if torch.equal(a, b):  # the common case, one pass; NaN != NaN sends degenerate maps below
+        return True
     if a.is_floating_point():
         return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
-    return torch.equal(a, b)
+    return False
