@@ -77,6 +77,26 @@ def _quantus_scores(quantus_metric, batch, **kwargs):
     return np.asarray(scores, dtype=np.float64)
 
 
+def _layer_gradcam_scores(quantus_metric, model, batch):
+    """Quantus' scores with its own explainer, Captum's LayerGradCam at ``act2`` upsampled bilinearly to the
+    input (what the MPRT papers' notebooks use; evalcam's Grad-CAM with ``relu=False`` computes the same)."""
+    x, y, _ = _arrays(batch)
+    return quantus_metric(
+        model=model,
+        x_batch=x,
+        y_batch=y,
+        a_batch=None,
+        explain_func=quantus.explain,
+        device="cpu",
+        explain_func_kwargs={
+            "method": "LayerGradCam",
+            "gc_layer": "model.act2",
+            "interpolate": tuple(x.shape[-2:]),
+            "interpolate_mode": "bilinear",
+        },
+    )
+
+
 def _evalcam_scores(metric, batch):
     records = metric.update(batch)
     return np.array([r.get(f"{metric.name}.score", np.nan) for r in records])
@@ -188,24 +208,7 @@ def test_emprt_abs_matches_quantus_abs_on_signed_maps():
         disable_warnings=True,
         display_progressbar=False,
     )
-    x, y, _ = _arrays(batch)
-    expected = np.asarray(
-        theirs(
-            model=model,
-            x_batch=x,
-            y_batch=y,
-            a_batch=None,
-            explain_func=quantus.explain,
-            device="cpu",
-            explain_func_kwargs={
-                "method": "LayerGradCam",
-                "gc_layer": "model.act2",
-                "interpolate": tuple(x.shape[-2:]),
-                "interpolate_mode": "bilinear",
-            },
-        ),
-        dtype=np.float64,
-    )
+    expected = np.asarray(_layer_gradcam_scores(theirs, model, batch), dtype=np.float64)
     ours = EfficientMPRT(scheme="quantus", seed=3, abs=True)
     got = np.array([r["emprt.score"] for r in ours.update(batch)])
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
@@ -255,22 +258,7 @@ def test_smprt_matches_quantus_with_its_noise_replayed(monkeypatch):
     theirs = quantus.SmoothMPRT(
         nr_samples=per, noise_magnitude=noise, seed=7, disable_warnings=True, display_progressbar=False
     )
-    x, y, _ = _arrays(batch)
-    size = tuple(x.shape[-2:])
-    scores = theirs(
-        model=model,
-        x_batch=x,
-        y_batch=y,
-        a_batch=None,
-        explain_func=quantus.explain,
-        device="cpu",
-        explain_func_kwargs={
-            "method": "LayerGradCam",
-            "gc_layer": "model.act2",
-            "interpolate": size,
-            "interpolate_mode": "bilinear",
-        },
-    )
+    scores = _layer_gradcam_scores(theirs, model, batch)
     records = ours.update(batch)
     assert records[0]["smprt.layers"] == ["conv1", "conv2", "fc"]
     expected = np.array([scores[layer] for layer in ("conv1", "conv2", "fc")]).T  # [images, steps]
