@@ -237,16 +237,16 @@ def bench_rows(
     chosen = {k: v for k, v in _settings(steps).items() if not metrics or k in metrics}
     runs: dict[str, dict[str, list[Any]]] = {name: {} for name in chosen}
     compile_forwards(compiled)
+    # chunks as large as Quantus's batches: both sides run forwards of the same shape
+    params_of = {name: {**ours, "chunk_size": images} if name != "sufficiency" else ours
+                 for name, (ours, _peer, _theirs) in chosen.items()}  # fmt: skip
     if compiled:
-        for name, (ours, _peer, _theirs) in chosen.items():
-            params = {**ours, "chunk_size": images} if name != "sufficiency" else ours
-            _evalcam_once(name, params, batch, counter)
+        for name in chosen:
+            _evalcam_once(name, params_of[name], batch, counter)
     for _ in range(max(1, int(repeats))):
-        for name, (ours, peer, theirs) in chosen.items():
-            # chunks as large as Quantus's batches: both sides run forwards of the same shape
-            params = {**ours, "chunk_size": images} if name != "sufficiency" else ours
+        for name, (_ours, peer, theirs) in chosen.items():
             got = runs[name]
-            ev = _evalcam_once(name, params, batch, counter)
+            ev = _evalcam_once(name, params_of[name], batch, counter)
             got.setdefault("evalcam", []).append(ev)
             got.setdefault("floor", []).append(forward_floor(model, batch.inputs, ev["sizes"]))
             if "dense_sizes" in ev:

@@ -68,10 +68,8 @@ def chunked_forward(
     forward = _forward_of(model)
     for start in range(0, count, step):
         items = slice(start, min(count, start + step))
-        inputs = fast_layout(model, inputs_of(items.start, items.stop))
+        inputs = inputs_of(items.start, items.stop)
         n = inputs.shape[0]
         if forward is not model and n < step:  # one shape, one compile: pad with copies of the last input
-            padded = torch.cat([inputs, inputs[-1:].expand(step - n, *inputs.shape[1:])])
-            yield items, forward(fast_layout(model, padded))[:n]
-        else:
-            yield items, forward(inputs)
+            inputs = torch.cat([inputs, inputs[-1:].expand(step - n, *inputs.shape[1:])])
+        yield items, forward(fast_layout(model, inputs))[:n]
