@@ -119,6 +119,43 @@ def test_nested_steps_chain_from_the_previous_copy_and_skip_repeated_inputs():
     assert torch.allclose(without, dense, atol=1e-6, rtol=0)
 
 
+def test_images_whose_steps_align_step_in_one_call_and_the_others_chain_alone():
+    """The same step of several images runs as one incremental call (one cached row and one box per image)
+    when their games are small, empty and full at the same steps; an image with another pattern chains on
+    its own. Either way the scores are those of full forwards."""
+    batch = _batch(images=3)
+    model, inputs = batch.bundle.model, batch.inputs
+    classes = batch.pred_classes[:, 0]
+    rows_first = torch.arange(48 * 48).view(48, 48)
+    order = torch.stack([rows_first, rows_first.flip(0), rows_first.t()])[:, None]  # bands at other places
+    bound = torch.tensor(
+        [[1, 2, 3, 3, 4, 5], [1, 2, 3, 3, 4, 5], [1, 1, 2, 3, 4, 5]]
+    )  # image 2 repeats earlier
+    fill = torch.randn(3, 3, 48, 48, generator=torch.Generator().manual_seed(6))
+
+    def mask_of(image: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return order[image] < (96 * bound[image, k]).view(-1, 1, 1, 1)
+
+    def values_of(image: torch.Tensor, _k: torch.Tensor) -> torch.Tensor:
+        return fill[image]
+
+    args = (model, inputs, classes, 6, mask_of, values_of, "logit", 8)
+    dense = stepped_scores(*args, incremental=False)
+    ours = stepped_scores(*args, incremental=True, nested=True)
+    counts = local_steps.LAST
+    assert torch.allclose(ours, dense, atol=1e-5, rtol=0), (ours - dense).abs().max()
+    # images 0 and 1 (bands at the top and at the bottom) step together: 5 calls of 2 copies; image 2 alone (5)
+    assert sorted(counts.groups) == [1] * 5 + [2] * 5
+    assert (counts.local, counts.unchanged, counts.dense, counts.clean_passes) == (15, 3, 0, 3)
+    alone = local_steps.CHAIN_ROWS
+    try:
+        local_steps.CHAIN_ROWS = 1
+        assert torch.allclose(stepped_scores(*args, incremental=True, nested=True), ours, atol=1e-5, rtol=0)
+        assert local_steps.LAST.groups == [1] * 15
+    finally:
+        local_steps.CHAIN_ROWS = alone
+
+
 def test_a_chain_never_writes_into_the_images_it_starts_from():
     """Regression: a chain's cache held a view of the batch and each step wrote its pixels into it, so RISE
     deletion left the deleted pixels in the images and insertion (run next on the same batch) gave 0.369

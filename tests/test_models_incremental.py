@@ -107,8 +107,8 @@ def test_a_window_changes_only_its_receptive_field(lite0):
     cache = executor.clean_pass(torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(5)))
     seen = {}
 
-    def spy(node, values, clean):
-        value = original(node, values, clean)
+    def spy(node, values, clean, rows):
+        value = original(node, values, clean, rows)
         seen[node.name] = value
         return value
 
@@ -144,3 +144,73 @@ def test_incremental_auto_means_cpu_only_and_bad_values_fail_at_construction():
         OcclusionFaithfulness(incremental="sometimes")
     with pytest.raises(ValueError, match="true, false or 'auto'"):
         Occlusion(nn.Conv2d(3, 1, 1), incremental="yes")
+
+
+def _paste(x: torch.Tensor, rows, boxes, patch: torch.Tensor) -> torch.Tensor:
+    out = x[list(rows)].clone()
+    for j, (y0, y1, x0, x1) in enumerate(boxes):
+        out[j, :, y0:y1, x0:x1] = patch[j]
+    return out
+
+
+@pytest.mark.parametrize("arch", ["lite0", "resnet18", "dilated"])
+def test_copies_of_different_images_changed_at_different_places_match_full_forwards(arch, lite0):
+    """One call, one box per copy (all of one size) and the cached image each copy belongs to: what the
+    same step of several images' games needs. Borders, corners, a box in the padding's reach and two
+    copies of one image are all in it."""
+    if arch == "lite0":
+        model, size, side = lite0, 224, 20
+    elif arch == "resnet18":
+        torch.manual_seed(0)
+        model, size, side = torchvision.models.resnet18(weights=None, num_classes=10).eval(), 96, 12
+    else:
+        model, size, side = Dilated().eval(), 27, 5
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(7))
+    executor = IncrementalModel.build(model)
+    cache = executor.clean_pass(x)
+    far = size - side
+    boxes = [
+        (0, side, 0, side),
+        (far // 2, far // 2 + side, far, size),
+        (far, size, 3, 3 + side),
+        (5, 5 + side, 9, 9 + side),
+    ]
+    rows = torch.tensor([2, 0, 1, 2])
+    patch = torch.randn(4, 3, side, side, generator=torch.Generator().manual_seed(8))
+    ours = executor.patched(cache, boxes, patch, rows=rows)
+    with torch.no_grad():
+        full = model(_paste(x, rows.tolist(), boxes, patch))
+        unchanged = model(x[rows])
+    assert ours.shape == full.shape
+    assert torch.allclose(ours, full, atol=1e-4, rtol=0), (ours - full).abs().max()
+    assert float((full - unchanged).abs().max()) > 1e-3  # the patches do change the outputs
+    with pytest.raises(ValueError, match="one size"):
+        executor.patched(cache, [(0, 2, 0, 2), (0, 3, 0, 3)], torch.zeros(2, 3, 2, 2), rows=rows[:2])
+
+
+def test_chains_of_several_images_step_together_and_resume_after_a_refresh(lite0):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    g = torch.Generator().manual_seed(9)
+    state = torch.randn(4, 3, 96, 96, generator=g)
+    executor = IncrementalModel.build(model)
+    cache = executor.chain_pass(state)
+    for step, rows in enumerate([[0, 1, 2, 3], [1, 3], [3, 0, 2], [0, 1, 2, 3]]):
+        corners = torch.randint(0, 96 - 10, (len(rows), 2), generator=g).tolist()
+        boxes = [(y, y + 10, c, c + 10) for y, c in corners]
+        patch = torch.randn(len(rows), 3, 10, 10, generator=g)
+        for j, (y0, y1, x0, x1) in enumerate(boxes):
+            state[rows[j], :, y0:y1, x0:x1] = patch[j]
+        whole = rows == [0, 1, 2, 3]
+        ours = executor.advance(cache, boxes, patch, rows=None if whole else torch.tensor(rows))
+        with torch.no_grad():
+            full = model(state[rows])
+        assert torch.allclose(ours, full, atol=1e-4, rtol=0), (step, (ours - full).abs().max())
+        assert torch.equal(executor.input_of(cache), state)  # every row holds its own latest copy
+        if step == 1:  # rows 0 and 2 jump to unrelated images, as after a step run as a full forward
+            state[[0, 2]] = torch.randn(2, 3, 96, 96, generator=g)
+            executor.refresh_rows(cache, torch.tensor([0, 2]), state[[0, 2]])
+    with pytest.raises(ValueError, match="distinct"):
+        executor.advance(cache, (0, 2, 0, 2), torch.zeros(2, 3, 2, 2), rows=torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="rows"):
+        executor.advance(cache, (0, 2, 0, 2), torch.zeros(2, 3, 2, 2))

@@ -18,6 +18,10 @@ from the cache and the rest of the network runs as usual, on all windows at once
 same network function evaluated on the same inputs, equal to a plain forward up to float round-off of
 different kernel tilings.
 
+One call scores many copies: of one cached image or of several (``rows``), with one box for all or one box
+per copy (of one size; boxes of different sizes are grown to the largest). Crops are cut per copy and each
+layer then runs once for all copies, which is how the same step of several images' games is taken at once.
+
 Its sibling :mod:`evalcam.models.graph_tail` re-runs, for an edit of one *layer's output*, only the graph
 nodes after that layer (Ablation-CAM).
 """
@@ -76,15 +80,54 @@ class ChainCache(dict):
 
 @dataclass
 class Patched:
-    """A feature map equal to the clean pass's ``clean`` except on ``box``, where it is ``patch``."""
+    """A feature map equal to the clean pass's ``clean`` except on its copies' boxes.
+
+    Copy ``j`` (``patch[j]``) is clean row ``rows[j]`` with ``boxes[j]`` replaced by ``patch[j]``; all boxes
+    have one size, and a single box is shared by every copy. ``rows`` ``None``: copy ``j`` is row ``j``
+    when ``clean`` has a row per copy, else row 0 (several copies of one cached image share its values).
+    Per-copy boxes let one call step copies whose changes sit at different places (the same step of
+    several images' games), so each layer runs once for all of them.
+    """
 
     clean: torch.Tensor
-    box: Box
+    boxes: tuple[Box, ...]
     patch: torch.Tensor
+    rows: tuple[int, ...] | None = None
 
-    def crop(self, box: Box, pad_value: float = 0.0) -> torch.Tensor:
-        """The map's values on ``box``; parts of ``box`` outside the map read ``pad_value`` (the explicit
-        padding of a convolution or pooling, written in place rather than by a second copy)."""
+    @property
+    def box(self) -> Box:
+        """The box of copy 0 (every copy's box has its size)."""
+        return self.boxes[0]
+
+    @property
+    def shared(self) -> bool:
+        return len(self.boxes) == 1 and self.rows is None
+
+    def per_copy(self) -> tuple[Box, ...]:
+        return self.boxes * self.patch.shape[0] if len(self.boxes) == 1 else self.boxes
+
+    def row_list(self) -> tuple[int, ...]:
+        """Clean row of every copy."""
+        if self.rows is not None:
+            return self.rows
+        copies = self.patch.shape[0]
+        return tuple(range(copies)) if self.clean.shape[0] == copies else (0,) * copies
+
+    def like(self, clean: torch.Tensor, boxes: tuple[Box, ...], patch: torch.Tensor) -> Patched:
+        """A map of the same copies (same rows) with other values."""
+        return Patched(clean, boxes, patch, self.rows)
+
+    def crop(self, boxes: Box | tuple[Box, ...], pad_value: float = 0.0) -> torch.Tensor:
+        """Every copy's values on its box of ``boxes`` (one shared box, or one per copy, of one size);
+        parts outside the map read ``pad_value`` (the explicit padding of a convolution or pooling,
+        written in place rather than by a second copy)."""
+        if isinstance(boxes[0], int):
+            boxes = (boxes,)  # type: ignore[assignment]
+        if self.shared and len(boxes) == 1:
+            return self._crop_shared(boxes[0], pad_value)  # type: ignore[arg-type]
+        return _gather(self.clean, self.row_list(), boxes, pad_value, self)  # type: ignore[arg-type]
+
+    def _crop_shared(self, box: Box, pad_value: float) -> torch.Tensor:
         y0, y1, x0, x1 = box
         height, width = self.clean.shape[-2:]
         inside = (max(y0, 0), min(y1, height), max(x0, 0), min(x1, width))
@@ -112,10 +155,72 @@ class Patched:
         return clean
 
     def dense(self) -> torch.Tensor:
-        out = self._batched(self.clean).clone()
-        y0, y1, x0, x1 = self.box
-        out[..., y0:y1, x0:x1] = self.patch
+        if self.shared:
+            out = self._batched(self.clean).clone()
+            y0, y1, x0, x1 = self.box
+            out[..., y0:y1, x0:x1] = self.patch
+            return out
+        rows = self.row_list()
+        out = self.clean.index_select(0, torch.tensor(rows, device=self.clean.device))
+        _put(out, range(len(rows)), self.per_copy(), self.patch)
         return out
+
+    def write_back(self) -> None:
+        """Write every copy's patch into its clean row (:meth:`IncrementalModel.advance`)."""
+        if self.box[1] <= self.box[0] or self.box[3] <= self.box[2]:
+            return
+        if self.shared:
+            y0, y1, x0, x1 = self.box
+            self.clean[..., y0:y1, x0:x1] = self.patch
+        else:
+            _put(self.clean, self.row_list(), self.per_copy(), self.patch)
+
+
+def _gather(
+    clean: torch.Tensor,
+    rows: Sequence[int],
+    boxes: tuple[Box, ...],
+    pad_value: float,
+    patched: Patched | None = None,
+) -> torch.Tensor:
+    """``[n, C, h, w]``: copy ``j`` of ``clean`` row ``rows[j]`` (with ``patched``'s patch where it has one)
+    on ``boxes[j]`` (one shared box or one per copy, all of one size), ``pad_value`` outside the map.
+
+    One slice copy per copy and source: measured on Lite0's maps (4 copies, 20x20 crops of 32x112x112)
+    ~3x faster than one advanced-indexing gather, ~10x for the writes of :func:`_put`."""
+    copies = len(rows)
+    boxes = boxes * copies if len(boxes) == 1 else boxes
+    height, width = clean.shape[-2:]
+    y0, y1, x0, x1 = boxes[0]
+    channels_last = clean.dim() == 4 and clean.is_contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    shape = (copies, *clean.shape[1:-2], y1 - y0, x1 - x0)
+    out = torch.empty(shape, dtype=clean.dtype, device=clean.device, memory_format=layout)
+    patches = patched.per_copy() if patched is not None and patched.patch.numel() else None
+    for j, (row, (y0, y1, x0, x1)) in enumerate(zip(rows, boxes, strict=True)):
+        inside = (max(y0, 0), min(y1, height), max(x0, 0), min(x1, width))
+        if inside != (y0, y1, x0, x1):
+            out[j].fill_(pad_value)
+        if inside[0] < inside[1] and inside[2] < inside[3]:
+            out[j, ..., inside[0] - y0 : inside[1] - y0, inside[2] - x0 : inside[3] - x0] = clean[
+                row, ..., inside[0] : inside[1], inside[2] : inside[3]
+            ]
+        if patches is None:
+            continue
+        overlap = _intersect(patches[j], inside)
+        if overlap is not None:
+            oy0, oy1, ox0, ox1 = overlap
+            py0, px0 = patches[j][0], patches[j][2]
+            out[j, ..., oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] = patched.patch[  # type: ignore[union-attr]
+                j, ..., oy0 - py0 : oy1 - py0, ox0 - px0 : ox1 - px0
+            ]
+    return out
+
+
+def _put(target: torch.Tensor, rows: Sequence[int], boxes: Sequence[Box], patch: torch.Tensor) -> None:
+    """``target[rows[j]]`` on ``boxes[j]`` (inside the map) = ``patch[j]``, for every copy ``j``, in place."""
+    for j, (row, (y0, y1, x0, x1)) in enumerate(zip(rows, boxes, strict=True)):
+        target[row, ..., y0:y1, x0:x1] = patch[j]
 
 
 def _intersect(a: Box, b: Box) -> Box | None:
@@ -283,58 +388,130 @@ class IncrementalModel:
 
     @torch.no_grad()
     @_one_thread
-    def patched(self, cache: dict[fx.Node, Any], box: Box, patch: torch.Tensor) -> Any:
+    def patched(
+        self,
+        cache: dict[fx.Node, Any],
+        box: Box | Sequence[Box],
+        patch: torch.Tensor,
+        rows: torch.Tensor | None = None,
+    ) -> Any:
         """The model's output on the cached batch with its input on ``box`` replaced by ``patch``
-        ``[B, C, y1 - y0, x1 - x0]`` (any values: a fill, noise, a blurred copy, a mix of pixels)."""
-        values: dict[fx.Node, Any] = {}
-        for node in self.nodes:
-            if node.op == "placeholder":
-                values[node] = Patched(cache[node], box, patch.to(cache[node].dtype))
-            elif node.op == "output":
-                return fx.node.map_arg(node.args[0], lambda n: _dense(values[n]))
-            elif all(values[n] is cache[n] for n in node.all_input_nodes):
-                values[node] = cache[node]
-            else:
-                values[node] = self._step(node, values, cache)
-        raise ValueError("traced graph has no output")
+        ``[n, C, h, w]`` (any values: a fill, noise, a blurred copy, a mix of pixels).
+
+        ``box`` is one box for every copy, or one per copy (all of one size); ``rows`` names the cached
+        image of every copy (default: copy ``j`` is image ``j``, or image 0 of a one-image cache)."""
+        values = self._pass(cache, box, patch, rows)
+        return values[self.nodes[-1]]
 
     @torch.no_grad()
     @_one_thread
-    def advance(self, cache: dict[fx.Node, Any], box: Box, patch: torch.Tensor) -> Any:
-        """Like :meth:`patched` for a cache of one image and one copy, and then make ``cache`` the cache of
-        that copy: changed maps are written into the cached tensors on their boxes (in place) or replaced
-        where they ran densely. Cumulative games step from one copy to the next this way, each step
-        re-computing only the cone of the pixels it adds. ``cache`` must come from :meth:`chain_pass`."""
+    def advance(
+        self,
+        cache: dict[fx.Node, Any],
+        box: Box | Sequence[Box],
+        patch: torch.Tensor,
+        rows: torch.Tensor | None = None,
+    ) -> Any:
+        """Like :meth:`patched`, and then make ``cache`` the cache of the copies: each copy's changed maps
+        are written into its cached row on their boxes (in place), or replace the row where they ran
+        densely. Cumulative games step from one copy to the next this way, each step re-computing only
+        the cone of the pixels it adds; the same step of several images runs as one call with one box per
+        image (``rows``: the cached image of every copy, each at most once). ``cache`` must come from
+        :meth:`chain_pass`."""
         if not isinstance(cache, ChainCache):
             raise TypeError("advance writes into its cache: start the chain with chain_pass, not clean_pass")
-        values: dict[fx.Node, Any] = {}
-        output: Any = None
-        for node in self.nodes:
-            if node.op == "placeholder":
-                values[node] = Patched(cache[node], box, patch.to(cache[node].dtype))
-            elif node.op == "output":
-                output = fx.node.map_arg(node.args[0], lambda n: _dense(values[n]))
-            elif all(values[n] is cache[n] for n in node.all_input_nodes):
-                values[node] = cache[node]
-            else:
-                values[node] = self._step(node, values, cache)
+        if rows is None and patch.shape[0] != self.input_of(cache).shape[0]:
+            raise ValueError("advance: one copy per cached image, or rows naming the image of every copy")
+        index = None if rows is None else self._check_rows(cache, patch.shape[0], rows)
+        values = self._pass(cache, box, patch, rows)
+        output = values.pop(self.nodes[-1])
         # Written only after the pass: every step above read the previous copy's values.
         for node, value in values.items():
             if value is cache[node]:
                 continue
             if isinstance(value, Patched):
-                y0, y1, x0, x1 = value.box
-                if y1 > y0 and x1 > x0:
-                    value.clean[..., y0:y1, x0:x1] = value.patch
-            else:
+                value.write_back()
+            elif index is None:
                 cache[node] = value
+            else:
+                cache[node] = _replace_rows(cache[node], index, value)
         return output
 
-    def _step(self, node: fx.Node, values: dict[fx.Node, Any], clean: dict[fx.Node, Any]) -> Any:
+    @torch.no_grad()
+    def refresh_rows(self, cache: ChainCache, rows: torch.Tensor, inputs: torch.Tensor) -> Any:
+        """Make rows ``rows`` of a :meth:`chain_pass` cache the clean pass of ``inputs`` (a chain that
+        resumes after a step it could not take incrementally); returns their output."""
+        index = self._check_rows(cache, inputs.shape[0], rows)
+        fresh = self.clean_pass(inputs.clone())
+        for node in self.nodes:
+            if fresh[node] is not cache[node] and node in self.batched:
+                cache[node] = _replace_rows(cache[node], index, fresh[node])
+        return self.output_of(fresh)
+
+    def _check_rows(self, cache: dict[fx.Node, Any], copies: int, rows: torch.Tensor | None) -> torch.Tensor:
+        batch = self.input_of(cache).shape[0]
+        if rows is None:
+            return torch.arange(batch)
+        index = rows.detach().cpu().long()
+        if index.numel() != copies or index.unique().numel() != copies:
+            raise ValueError("rows must name a distinct cached image for every copy")
+        return index
+
+    def _pass(
+        self,
+        cache: dict[fx.Node, Any],
+        box: Box | Sequence[Box],
+        patch: torch.Tensor,
+        rows: torch.Tensor | None,
+    ) -> dict[fx.Node, Any]:
+        """Every node's value on the copies (:class:`Patched` where it differs from the cache on boxes)."""
+        shared = isinstance(box[0], int)
+        boxes: tuple[Box, ...] = (tuple(box),) if shared else tuple(map(tuple, box))  # type: ignore[arg-type]
+        if len(boxes) not in (1, patch.shape[0]) or len({(b[1] - b[0], b[3] - b[2]) for b in boxes}) != 1:
+            raise ValueError("boxes: one shared box, or one per copy, all of one size")
+        x = self.input_of(cache)
+        index = None if rows is None else rows.to(x.device).long()
+        row_ids = None if rows is None else tuple(int(r) for r in rows.tolist())
+        values: dict[fx.Node, Any] = {}
+        for node in self.nodes:
+            if node.op == "placeholder":
+                values[node] = Patched(cache[node], boxes, patch.to(cache[node].dtype), row_ids)
+            elif node.op == "output":
+                values[node] = fx.node.map_arg(
+                    node.args[0], lambda n: self._dense_input(n, values, cache, index)
+                )
+            elif all(values[n] is cache[n] for n in node.all_input_nodes):
+                values[node] = cache[node]
+            else:
+                values[node] = self._step(node, values, cache, index)
+        return values
+
+    def _dense_input(
+        self, node: fx.Node, values: dict[fx.Node, Any], cache: dict[fx.Node, Any], rows: torch.Tensor | None
+    ) -> Any:
+        """``node``'s value with a row per copy: a patched map made whole, or the cached rows of the copies
+        (``rows`` given) where it did not change."""
+        value = values[node]
+        if isinstance(value, Patched):
+            return value.dense()
+        if (
+            rows is not None
+            and value is cache[node]
+            and node in self.batched
+            and isinstance(value, torch.Tensor)
+            and value.dim() > 0
+            and value.shape[0] == self.input_of(cache).shape[0]
+        ):
+            return value.index_select(0, rows)
+        return value
+
+    def _step(
+        self, node: fx.Node, values: dict[fx.Node, Any], clean: dict[fx.Node, Any], rows: torch.Tensor | None
+    ) -> Any:
         incremental = self._incremental(node, values, clean)
         if incremental is not None:
             return incremental
-        dense = {n: _dense(values[n]) for n in node.all_input_nodes}
+        dense = {n: self._dense_input(n, values, clean, rows) for n in node.all_input_nodes}
         return self._run(node, dense)
 
     def _incremental(
@@ -392,7 +569,7 @@ class IncrementalModel:
         return None
 
     def _too_big(self, value: Patched) -> bool:
-        y0, y1, x0, x1 = value.box
+        y0, y1, x0, x1 = value.box  # every copy's box has this size
         height, width = value.clean.shape[-2:]
         return (y1 - y0) * (x1 - x0) > self.dense_fraction * height * width
 
@@ -402,15 +579,15 @@ class IncrementalModel:
     ) -> Patched | None:
         if out.shape != x.clean.shape:
             return None
-        return Patched(out, x.box, fn(x.patch))
+        return x.like(out, x.boxes, fn(x.patch))
 
     @staticmethod
     def _shift(x: Patched, out: torch.Tensor, padding: Sequence[int]) -> Patched | None:
         left, _, top, _ = (int(p) for p in padding)
         if min(padding) < 0:
             return None
-        y0, y1, x0, x1 = x.box
-        return Patched(out, (y0 + top, y1 + top, x0 + left, x1 + left), x.patch)
+        boxes = tuple((y0 + top, y1 + top, x0 + left, x1 + left) for y0, y1, x0, x1 in x.boxes)
+        return x.like(out, boxes, x.patch)
 
     @staticmethod
     def _add(args: Sequence[Any], out: torch.Tensor) -> Patched | None:
@@ -421,13 +598,24 @@ class IncrementalModel:
             return None
         if any(isinstance(v, Patched) and v.clean.shape != out.shape for v in (a, b)):
             return None
-        boxes = [v.box for v in (a, b) if isinstance(v, Patched)]
-        if not boxes:
+        patched = [v for v in (a, b) if isinstance(v, Patched)]
+        if not patched:
             return None
-        box = boxes[0] if len(boxes) == 1 else _union(*boxes)
-        y0, y1, x0, x1 = box
-        crops = [v.crop(box) if isinstance(v, Patched) else v[..., y0:y1, x0:x1] for v in (a, b)]
-        return Patched(out, box, crops[0] + crops[1])
+        if all(v.shared for v in patched):
+            box = patched[0].box if len(patched) == 1 else _union(patched[0].box, patched[1].box)
+            y0, y1, x0, x1 = box
+            crops = [v.crop(box) if isinstance(v, Patched) else v[..., y0:y1, x0:x1] for v in (a, b)]
+            return Patched(out, (box,), crops[0] + crops[1])
+        first = patched[0]
+        copies = first.patch.shape[0]
+        per_copy = [v.per_copy() for v in patched]
+        unions = [boxes[0] if len(per_copy) == 1 else _union(*boxes) for boxes in zip(*per_copy, strict=True)]
+        boxes = one_size(unions, out.shape[-2], out.shape[-1])
+        rows = first.row_list()
+        crops = [v.crop(boxes) if isinstance(v, Patched) else _gather(v, rows, boxes, 0.0) for v in (a, b)]
+        if any(c.shape[0] != copies for c in crops):
+            return None
+        return first.like(out, boxes, crops[0] + crops[1])
 
     def _conv_function(self, x: Patched, out: torch.Tensor, args: Sequence[Any]) -> Patched | None:
         weight = args[1]
@@ -469,26 +657,75 @@ class IncrementalModel:
         if None in (kernel, stride, padding, dilation):
             return None
         height, width = x.clean.shape[-2:]
-        spans = []
-        for axis, length in ((0, height), (1, width)):
-            geometry = _window_geometry(
-                x.box[2 * axis],
-                x.box[2 * axis + 1],
-                length,
-                kernel[axis],
-                stride[axis],
-                padding[axis],
-                dilation[axis],  # type: ignore[index]
-            )
-            if geometry is None:
-                return Patched(out, (0, 0, 0, 0), out[..., :0, :0])
-            spans.append(geometry)
-        (oy0, oy1, iy0, iy1), (ox0, ox1, ix0, ix1) = spans
-        patch = fn(x.crop((iy0, iy1, ix0, ix1), pad_value))
         copies = x.patch.shape[0]
+        outputs: list[Box | None] = []
+        for box in x.boxes:
+            spans = []
+            for axis, length in ((0, height), (1, width)):
+                spans.append(
+                    _window_geometry(
+                        box[2 * axis],
+                        box[2 * axis + 1],
+                        length,
+                        kernel[axis],  # type: ignore[index]
+                        stride[axis],  # type: ignore[index]
+                        padding[axis],  # type: ignore[index]
+                        dilation[axis],  # type: ignore[index]
+                    )
+                )
+            outputs.append(None if None in spans else (spans[0][0], spans[0][1], spans[1][0], spans[1][1]))
+        if all(o is None for o in outputs):
+            # No output reads a changed input (e.g. a strided 1x1 convolution skips them).
+            empty = out[..., :0, :0] if x.shared else out.new_empty((copies, out.shape[1], 0, 0))
+            return x.like(out, ((0, 0, 0, 0),), empty)
+        boxes = one_size([o or (0, 0, 0, 0) for o in outputs], out.shape[-2], out.shape[-1])
+        (ky, kx), (sy, sx), (py, px), (dy, dx) = kernel, stride, padding, dilation  # type: ignore[misc]
+        inputs = tuple(
+            (
+                oy0 * sy - py,
+                (oy1 - 1) * sy - py + dy * (ky - 1) + 1,
+                ox0 * sx - px,
+                (ox1 - 1) * sx - px + dx * (kx - 1) + 1,
+            )
+            for oy0, oy1, ox0, ox1 in boxes
+        )
+        patch = fn(x.crop(inputs if len(inputs) > 1 else inputs[0], pad_value))
+        oy0, oy1, ox0, ox1 = boxes[0]
         if patch.shape[-2:] != (oy1 - oy0, ox1 - ox0) or patch.shape[:2] != (copies, out.shape[1]):
             return None
-        return Patched(out, (oy0, oy1, ox0, ox1), patch)
+        return x.like(out, boxes, patch)
+
+
+def one_size(boxes: Sequence[Box], height: int, width: int) -> tuple[Box, ...]:
+    """``boxes`` grown to the size of the largest (inside a ``height`` x ``width`` map): copies stepped in
+    one call need crops of one size. Re-computing a few unchanged values on the margin is harmless."""
+    if len(set(boxes)) == 1:
+        return (boxes[0],)
+    h = max(b[1] - b[0] for b in boxes)
+    w = max(b[3] - b[2] for b in boxes)
+    out = []
+    for y0, _, x0, _ in boxes:
+        y0, x0 = max(0, min(y0, height - h)), max(0, min(x0, width - w))
+        out.append((y0, y0 + h, x0, x0 + w))
+    return tuple(out)
+
+
+def _replace_rows(old: Any, rows: torch.Tensor, new: Any) -> Any:
+    """``old`` (a cached value with a row per image) with rows ``rows`` replaced by ``new``'s."""
+    everything = isinstance(old, torch.Tensor) and old.dim() > 0 and rows.numel() == old.shape[0]
+    if everything and bool((rows == torch.arange(old.shape[0])).all()):
+        return new
+    if not (isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor)):
+        return old  # sizes and other values derived from the shapes, which do not change
+    if old.dim() == 0 or new.shape != (rows.numel(), *old.shape[1:]):
+        raise ValueError(f"cannot write {tuple(new.shape)} into rows of a cached {tuple(old.shape)}")
+    try:
+        old[rows.to(old.device)] = new.to(old.dtype)  # a chain's cache owns its tensors
+        return old
+    except RuntimeError:  # a broadcast view (one memory location for several elements)
+        out = old.clone()
+        out[rows.to(old.device)] = new.to(old.dtype)
+        return out
 
 
 def _sliding_window_op(
@@ -521,10 +758,6 @@ def _out_of_place(module: nn.Module) -> nn.Module:
         module = copy.copy(module)
         module.inplace = False
     return module
-
-
-def _dense(value: Any) -> Any:
-    return value.dense() if isinstance(value, Patched) else value
 
 
 _CACHE: weakref.WeakKeyDictionary[nn.Module, IncrementalModel | None] = weakref.WeakKeyDictionary()
