@@ -2,7 +2,8 @@
 
 Weights come from ``torch.hub.get_dir()/checkpoints/<file>``, the file name torchvision itself would
 download to (the last part of ``WeightsEnum.url``), or from ``weights=PATH``. ``weights=random`` builds
-the architecture with random initialisation (for layer inspection and tests; it says so in a warning).
+the architecture with a seeded random initialisation (``torch.manual_seed(0)``: runs and tests repeat)
+for layer inspection and tests; it says so in a warning.
 
 Default target layers follow the papers:
 
@@ -197,7 +198,10 @@ def load_torchvision(
     crop = size if size is not None else transform.crop_size[0]
     crop_hw = tuple(crop) if isinstance(crop, list | tuple) else (int(crop), int(crop))
     if spec == "random":
-        model = _architecture(arch, num_classes, transform_input, crop_hw[0])
+        # Seeded, so a run (and a test) on a random architecture is reproducible; the caller's RNG is kept.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = _architecture(arch, num_classes, transform_input, crop_hw[0])
         warnings.warn(f"{arch}: weights=random, the model is randomly initialised", stacklevel=2)
         if arch == "vit_b_16":
             unzero_vit_head(model)
