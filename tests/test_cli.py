@@ -6,9 +6,12 @@ Each case runs ``python -m evalcam`` and asserts the exact line and the exit cod
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
+import sys
 
 import pytest
-from conftest import cli, last_line
+from conftest import ROOT, cli, last_line
 
 from evalcam.metrics import ALIASES, METRICS
 
@@ -119,3 +122,32 @@ def test_a_run_with_a_refused_file_store_stops_before_any_work(tmp_path):
         f"evalcam: error: this MLflow refuses the file store file://{store}; use tracking_uri=sqlite:///"
     )
     assert not list((tmp_path / "runs").glob("*/per_image/part-*")) and not store.exists()
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's malloc"
+)
+def test_the_program_keeps_a_batchs_freed_memory_for_the_next_one():
+    """With the `evalcam` program's malloc settings, blocks freed together (a batch's autograd graph) are
+    reused by the next batch instead of going back to the OS and being page-faulted in again (glibc's
+    defaults fault every page of every such batch)."""
+    script = (
+        "import resource, torch\n"
+        "from evalcam.cli import keep_freed_memory\n"
+        "assert keep_freed_memory()\n"
+        "def batch():\n"
+        "    blocks = [torch.ones(2 * 2**20) for _ in range(16)]  # 16 x 8 MB\n"
+        "    del blocks\n"
+        "batch()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(5):\n"
+        "    batch()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    )
+    import resource
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True, cwd=ROOT
+    )
+    pages = 5 * 16 * 8 * 2**20 // resource.getpagesize()
+    assert int(done.stdout.strip()) < pages // 4

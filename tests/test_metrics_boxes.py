@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import arrays
 
 from evalcam.data.base import clean_objects, rescale_boxes
 from evalcam.data.coco import coco_box, inclusive_box
-from evalcam.metrics.boxes import box_iou, largest_component_box
+from evalcam.metrics.boxes import box_iou, largest_component_box, largest_component_boxes
 from evalcam.metrics.maxboxacc import iou_matrix, segment_boxes
 
 SIDE = 12
@@ -89,6 +89,19 @@ def test_largest_component_box_matches_flood_fill(mask):
     biggest = max(len(s) for s in segments)
     first = next(s for s in segments if len(s) == biggest)  # ties: first segment met in raster order
     assert largest_component_box(mask) == bounding(first)
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrays(bool, (4, SIDE, SIDE)))
+def test_stacked_planes_are_boxed_each_on_its_own(masks):
+    """One labelling pass over a stack (empty planes included) boxes every plane as flood fill does: no
+    segment crosses planes, ties still go to the first segment in the plane's raster order."""
+    want = []
+    for mask in masks:
+        segments = brute_components(mask)
+        biggest = max((len(s) for s in segments), default=0)
+        want.append(bounding(next(s for s in segments if len(s) == biggest)) if segments else None)
+    assert largest_component_boxes(masks) == want
 
 
 @settings(max_examples=150, deadline=None)

@@ -9,7 +9,7 @@ import torch
 from conftest import box_sample, map_batch
 
 from evalcam.metrics.boxes import box_iou, largest_component_box
-from evalcam.metrics.weak_loc import WeakLocalization, map_to_box
+from evalcam.metrics.weak_loc import WeakLocalization, best_iou, map_to_box, maps_to_boxes
 
 
 def test_largest_component_box_picks_the_biggest_segment():
@@ -171,3 +171,62 @@ def test_topk_keys_are_named_after_k():
         "top1_cls_error",
         "top5_cls_error",
     }
+
+
+def test_boxes_of_a_stack_equal_map_by_map():
+    """maps_to_boxes (one threshold and labelling pass) gives map_to_box's box for every map, degenerate
+    ones (NaN, Inf, all <= 0, constant) included."""
+    g = torch.Generator().manual_seed(0)
+    cams = torch.rand(12, 30, 40, generator=g)
+    cams[1] = (cams[1] * 3).floor()  # plateaus: ties between segments
+    cams[2] = float("nan")
+    cams[3, 4, 5] = float("inf")
+    cams[4] = -cams[4]
+    cams[5] = 0.25
+    cams[6, 7, 8] = float("nan")
+    for threshold in (0.15, 0.5, 0.95):
+        assert maps_to_boxes(cams, threshold) == [map_to_box(cam, threshold) for cam in cams]
+    assert maps_to_boxes(cams[:0], 0.15) == []
+
+
+def test_best_iou_is_box_iou_to_the_last_bit():
+    g = torch.Generator().manual_seed(1)
+    for _ in range(500):
+        x0, x1 = sorted(torch.randint(0, 300, (2,), generator=g).tolist())
+        y0, y1 = sorted(torch.randint(0, 300, (2,), generator=g).tolist())
+        gt = torch.rand(3, 4, generator=g, dtype=torch.float64) * 300
+        gt[:, 2:] = gt[:, :2] + torch.rand(3, 2, generator=g, dtype=torch.float64) * 200
+        want = float(box_iou(torch.tensor([x0, y0, x1, y1], dtype=torch.float32), gt.float()).max())
+        assert best_iou((x0, y0, x1, y1), gt) == want
+    assert best_iou(None, gt) == 0.0 and best_iou((0, 0, 1, 1), torch.zeros(0, 4)) == 0.0
+
+
+def test_a_batch_of_mixed_sizes_equals_image_by_image():
+    """Records and counts of one batch (images of two sizes, several ground-truth classes in the top-5,
+    flat and NaN maps) equal those of the same images one at a time."""
+    g = torch.Generator().manual_seed(2)
+    sizes = [(20, 20), (31, 17), (20, 20), (31, 17), (20, 20), (20, 20)]
+    samples = [_sample(str(i), 1 + i % 3, [2, 1, 12, 15], size=size) for i, size in enumerate(sizes)]
+    samples[4].labels.append(7)
+    samples[4].boxes[7] = torch.tensor([[0.5, 0.0, 19.0, 10.25]])
+    classes = [
+        [1, 5, 6, 7, 8],
+        [5, 2, 6, 7, 8],
+        [3, 5, 1, 7, 8],
+        [5, 6, 7, 8, 9],
+        [2, 7, 1, 3, 8],
+        [1, 2, 3, 4, 5],
+    ]
+    maps = torch.rand(6, 5, 5, 5, generator=g)
+    maps[0, 0] = 0.5  # flat
+    maps[4, 1] = float("nan")
+    whole = WeakLocalization()
+    records = whole.update(_batch(samples, classes, maps))
+    single = WeakLocalization()
+    one_by_one = [
+        single.update(_batch([s], [c], maps[i : i + 1]))[0]
+        for i, (s, c) in enumerate(zip(samples, classes, strict=True))
+    ]
+    assert records == one_by_one
+    assert whole.state_dict().keys() == single.state_dict().keys()
+    assert all(torch.equal(whole.state_dict()[k], single.state_dict()[k]) for k in whole.state_dict())

@@ -10,20 +10,53 @@ from scipy import ndimage
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-def largest_component_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+# The same 8-connectivity within each plane of a [N, H, W] stack and none across planes: one labelling
+# pass boxes every map of a batch, each exactly as on its own.
+PLANE_EIGHT_CONNECTED = np.zeros((3, 3, 3), dtype=bool)
+PLANE_EIGHT_CONNECTED[1] = True
+
+Box = tuple[int, int, int, int]
+
+
+def largest_component_box(mask: np.ndarray) -> Box | None:
     """Bounding box ``(x0, y0, x1, y1)`` (inclusive) of the largest 8-connected segment of ``mask``.
 
     Ties between equally large segments go to the one that appears first in raster order (row-major
     scan), so the result is deterministic. Returns ``None`` for an empty mask.
     """
-    labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    return largest_component_boxes(mask[None])[0]
+
+
+def largest_component_boxes(masks: np.ndarray) -> list[Box | None]:
+    """:func:`largest_component_box` of each ``[H, W]`` plane of ``masks`` ``[N, H, W]``, in one pass.
+
+    ``ndimage.label`` numbers segments in raster order of the stack, so each plane's segments hold a
+    contiguous run of labels in the order a 2-D labelling of that plane gives them: the lowest label among
+    equally large ones is still the first in the plane's raster order.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    if masks.shape[0] == 0:
+        return []
+    labels, count = ndimage.label(masks, structure=PLANE_EIGHT_CONNECTED)
     if count == 0:
-        return None
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    sizes[0] = 0
-    biggest = int(np.argmax(sizes))  # argmax picks the lowest label among ties = first in raster order
-    ys, xs = np.nonzero(labels == biggest)
-    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+        return [None] * masks.shape[0]
+    last = np.maximum.accumulate(labels.reshape(masks.shape[0], -1).max(1))  # each plane's highest label
+    boxes: list[Box | None] = []
+    first = 1
+    for plane, stop in enumerate(last.tolist()):
+        if stop < first:  # no segment in this plane
+            boxes.append(None)
+            continue
+        if stop == first:  # one segment (the usual case for a CAM): the mask is that segment
+            segment = masks[plane]
+        else:
+            sizes = np.bincount(labels[plane].ravel(), minlength=stop + 1)[first:]
+            # argmax picks the lowest label among ties = first in raster order
+            segment = labels[plane] == first + int(np.argmax(sizes))
+        ys, xs = np.flatnonzero(segment.any(1)), np.flatnonzero(segment.any(0))
+        boxes.append((int(xs[0]), int(ys[0]), int(xs[-1]), int(ys[-1])))
+        first = stop + 1
+    return boxes
 
 
 def box_iou(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

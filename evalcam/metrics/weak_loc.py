@@ -22,29 +22,57 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
-from evalcam.maps import is_degenerate, upsample
+from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
-from evalcam.metrics.boxes import box_iou, largest_component_box
+from evalcam.metrics.boxes import Box, largest_component_boxes
 from evalcam.metrics.stats import flat_maps
 from evalcam.requirements import Needs
 from evalcam.stats.aggregation import Aggregation, Mean
 
 
-def map_to_box(cam: torch.Tensor, threshold: float) -> tuple[int, int, int, int] | None:
+def map_to_box(cam: torch.Tensor, threshold: float) -> Box | None:
     """Box of the largest segment of ``cam >= threshold * max(cam)``; None for a degenerate map."""
-    # A constant map would threshold to the whole image: a box that says nothing about the map.
-    if bool(is_degenerate(cam)) or bool(cam.max() <= cam.min()):
-        return None
-    mask = cam >= threshold * cam.max()
-    return largest_component_box(mask.cpu().numpy())
+    return maps_to_boxes(cam[None], threshold)[0]
+
+
+def maps_to_boxes(cams: torch.Tensor, threshold: float) -> list[Box | None]:
+    """:func:`map_to_box` of each ``[H, W]`` map of ``cams`` ``[N, H, W]``: one thresholding and one
+    labelling pass for all of them (the same boxes as map by map)."""
+    if cams.shape[0] == 0:
+        return []
+    peak, low = cams.amax((-2, -1)), cams.amin((-2, -1))
+    # is_degenerate without a pass of its own (amax and amin propagate NaN, so a map is finite when both
+    # are); a constant map would threshold to the whole image: a box that says nothing about the map.
+    usable = (peak.isfinite() & low.isfinite() & (peak > 0) & (peak > low)).tolist()
+    keep = [i for i, ok in enumerate(usable) if ok]
+    boxes: list[Box | None] = [None] * cams.shape[0]
+    if not keep:
+        return boxes
+    if len(keep) < len(usable):
+        cams, peak = cams[keep], peak[keep]
+    masks = cams >= (threshold * peak)[:, None, None]
+    for i, box in zip(keep, largest_component_boxes(masks.cpu().numpy()), strict=True):
+        boxes[i] = box
+    return boxes
 
 
 def best_iou(box: tuple[int, int, int, int] | None, gt: torch.Tensor | None) -> float:
+    """The largest :func:`~evalcam.metrics.boxes.box_iou` of ``box`` with the ``[N, 4]`` boxes ``gt``:
+    the same float32 operations in the same order, in NumPy (one image's few boxes do not pay for a
+    dozen tensor operations)."""
     if box is None or gt is None or gt.numel() == 0:
         return 0.0
-    return float(box_iou(torch.tensor(box, dtype=torch.float32), gt.float().cpu()).max())
+    b = np.asarray(box, dtype=np.float32)
+    g = gt.float().cpu().numpy()
+    ix0, iy0 = np.maximum(b[0], g[:, 0]), np.maximum(b[1], g[:, 1])
+    ix1, iy1 = np.minimum(b[2], g[:, 2]), np.minimum(b[3], g[:, 3])
+    inter = np.maximum(ix1 - ix0 + 1, 0) * np.maximum(iy1 - iy0 + 1, 0)
+    area = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+    areas = (g[:, 2] - g[:, 0] + 1) * (g[:, 3] - g[:, 1] + 1)
+    return float((inter / (area + areas - inter)).max())
 
 
 class WeakLocalization(Metric):
@@ -75,21 +103,37 @@ class WeakLocalization(Metric):
             self.add_state(state, torch.zeros((), dtype=torch.float64))
 
     def update(self, batch: EvalBatch) -> list[dict[str, Any]]:
+        classes = batch.pred_classes[:, : self.topk].cpu().tolist()
+        # Boxes only where they can matter (the top-1 class, and top-k classes that are ground truth).
+        hits = [
+            [c in labels for c in row]
+            for labels, row in zip((set(s.labels) for s in batch.samples), classes, strict=True)
+        ]
+        wanted = [[k for k in range(len(row)) if k == 0 or row[k]] for row in hits]
+        pairs = [(i, k) for i, ks in enumerate(wanted) for k in ks]
+        flat = flat_maps(batch.pred_maps[:, : self.topk]).tolist()  # judged before resampling
+        # The wanted maps of all images of one size are upsampled, thresholded and labelled together.
+        by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for i, k in pairs:
+            if not flat[i][k]:
+                by_size.setdefault(tuple(batch.samples[i].size), []).append((i, k))
+        box_of: dict[tuple[int, int], Box | None] = {}
+        for size, group in by_size.items():
+            rows = torch.tensor([i for i, _ in group], device=batch.pred_maps.device)
+            cols = torch.tensor([k for _, k in group], device=batch.pred_maps.device)
+            cams = upsample(batch.pred_maps[rows, cols], size)
+            box_of.update(zip(group, maps_to_boxes(cams, self.threshold), strict=True))
         records = []
-        classes = batch.pred_classes[:, : self.topk].cpu()
+        counts = dict.fromkeys(("images", "top1_cls", "topk_cls", "top1_loc", "topk_loc", "degenerate"), 0)
         for i, sample in enumerate(batch.samples):
-            labels = set(sample.labels)
-            hits_cls = [int(c) in labels for c in classes[i]]
-            wanted = [k for k in range(classes.shape[1]) if k == 0 or hits_cls[k]]
-            cams = upsample(batch.pred_maps[i, wanted], sample.size)
-            flat = flat_maps(batch.pred_maps[i, wanted]).tolist()  # judged before resampling
+            hits_cls = hits[i]
             boxes, ious, degenerate = {}, {}, 0
-            for cam, k, is_flat in zip(cams, wanted, flat, strict=True):
-                box = None if is_flat else map_to_box(cam, self.threshold)
+            for k in wanted[i]:
+                box = box_of.get((i, k))
                 degenerate += box is None
                 boxes[k] = box
-                ious[k] = best_iou(box, sample.boxes.get(int(classes[i, k]))) if hits_cls[k] else 0.0
-            loc_hits = [hits_cls[k] and ious[k] >= self.iou for k in wanted]
+                ious[k] = best_iou(box, sample.boxes.get(classes[i][k])) if hits_cls[k] else 0.0
+            loc_hits = [hits_cls[k] and ious[k] >= self.iou for k in wanted[i]]
             top1_loc = bool(loc_hits[0])
             topk_loc = any(loc_hits)
             for state, value in (
@@ -100,7 +144,7 @@ class WeakLocalization(Metric):
                 ("topk_loc", topk_loc),
                 ("degenerate", degenerate),
             ):
-                setattr(self, state, getattr(self, state) + float(value))
+                counts[state] += int(value)
             records.append(
                 self.record(
                     {
@@ -113,6 +157,9 @@ class WeakLocalization(Metric):
                     }
                 )
             )
+        # Whole counts: one addition per batch gives the same float64 sums as one per image.
+        for state, value in counts.items():
+            setattr(self, state, getattr(self, state) + float(value))
         return records
 
     def aggregations(self, keys: Iterable[str]) -> dict[str, Aggregation]:
