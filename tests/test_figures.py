@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -86,10 +89,9 @@ def test_readme_methods_table_lists_every_registered_method():
 
 
 # The examples figure keeps its title clear of the panel headers (a band on top reserves the room), and
-# each header clear of its panel's picture.
-def test_examples_title_does_not_overlap_the_panel_titles(tmp_path, monkeypatch):
-    kept = []
-    monkeypatch.setattr(figures.plt, "close", kept.append)
+# each header clear of its panel's picture: checked on the pixels (text is the only near-black ink; the
+# pictures are grey, the overlay and the boxes coloured).
+def test_examples_title_does_not_overlap_the_panel_titles(tmp_path):
     rows = [
         ExampleRow(
             image=torch.full((3, 120, 160), 128, dtype=torch.uint8),
@@ -100,17 +102,41 @@ def test_examples_title_does_not_overlap_the_panel_titles(tmp_path, monkeypatch)
         )
         for i in range(2)
     ]
-    example_grid(rows, tmp_path / "examples.png", suptitle="scorecam·efficientnet_lite0·imagenet_val")
-    (fig,) = kept
-    renderer = fig.canvas.get_renderer()
-    title = fig._suptitle.get_window_extent(renderer)
-    headers = [t.get_window_extent(renderer) for t in fig.texts if t is not fig._suptitle]
-    assert len(headers) == 6  # three panels a row
-    assert all(title.y0 >= header.y1 for header in headers)  # the title sits above every header
-    tops = [image.oy + image.get_size()[0] for image in fig.images]
-    assert len(tops) == 6
-    # Each picture's top edge is below the headers of its row (rows are 240 px apart).
-    for top in tops:
-        row = [h for h in headers if 0 <= h.y0 - top < 240]
-        assert row and all(top <= h.y0 for h in row)
-    assert (tmp_path / "examples.png").is_file()
+    path = example_grid(rows, tmp_path / "examples.png", suptitle="scorecam·efficientnet_lite0·imagenet_val")
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    assert pixels.shape == (36 + 2 * 240, 720, 3)
+    ink = (pixels < 60).all(axis=2)  # text
+    grey = (pixels == 128).all(axis=2).sum(axis=1) > 100  # rows across the pictures (not text edges)
+    ink_rows = np.flatnonzero(ink.any(axis=1))
+    title = ink_rows[ink_rows < 36]
+    title_columns = np.flatnonzero(ink[title].any(axis=0))
+    assert len(title) and abs((title_columns.min() + title_columns.max()) / 2 - 360) < 10  # centred
+    for r in range(2):
+        band = slice(36 + r * 240, 36 + (r + 1) * 240)
+        headers = ink_rows[(ink_rows >= band.start) & (ink_rows < band.stop)]
+        picture_top = band.start + np.flatnonzero(grey[band])[0]
+        assert len(headers) and title.max() < headers.min()  # the title sits above every header
+        assert headers.max() < picture_top  # each header above the pictures of its row
+        for c in range(3):  # a header over each of the three panels
+            assert ink[headers][:, c * 240 : (c + 1) * 240].any()
+
+
+def test_overlay_colours_are_matplotlibs_jet():
+    from matplotlib import colormaps
+
+    values = np.concatenate([np.linspace(0, 1, 10001), np.random.default_rng(0).random(1000)])
+    assert np.array_equal(figures.jet(values), colormaps["jet"](values)[..., :3])
+
+
+def test_the_example_grid_needs_no_pyplot(tmp_path):
+    """Every run draws examples.png: it must not pay for importing pyplot (~0.2 s)."""
+    code = (
+        "import sys, torch\n"
+        "from evalcam.figures import ExampleRow, example_grid\n"
+        "row = ExampleRow(torch.zeros(3, 40, 60, dtype=torch.uint8), torch.rand(7, 7), 't', [1, 2, 30, 20])\n"
+        f"example_grid([row], {str(tmp_path / 'e.png')!r}, suptitle='s')\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "e.png").is_file()
