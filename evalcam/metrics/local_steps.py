@@ -25,10 +25,11 @@ image) step together, one call per step with one cached row and one box per imag
 on Lite0 a step of 4 images then costs ~0.8 of their batched forward instead of ~1.0 one image at a time
 (the late 14x14 and 7x7 maps run densely either way, and they are half of the network's time).
 
-Where it pays: the first steps of MoRF games on compact maps (CAMs are smooth blobs). On the benchmark's
-random 7x7 maps (``bench --quantus``, Lite0, 4 images, 48 steps) region perturbation (16 px patches) runs
-14 of 192 copies incrementally, about 10 % less time; pixel flipping with 48 runs of 1045 pixels gets no
-step under the bound (the bounding box of the top pixels of a bilinear map is wide). LeRF orders and
+Where it pays: region perturbation (every patch is a small step: on the benchmark's random 7x7 maps,
+``benchmarks/bench_faithfulness.py``, Lite0, 4 images, 24 patches of 16 px, all 96 copies chained, ~0.7 of
+their full forwards) and the first steps of MoRF games on compact maps (CAMs are smooth blobs); pixel
+flipping with 24 runs of ~2000 pixels gets no step under the bound (the bounding box of the top pixels of a
+bilinear map is wide). LeRF orders and
 insertion's late steps change scattered pixels: dense. ``incremental: auto`` uses this on the CPU only
 (:func:`evalcam.methods.occlusion.use_incremental`); models ``torch.fx`` cannot trace run densely.
 """
@@ -123,7 +124,7 @@ def stepped_scores(
 
     ``nested``: the caller guarantees ``mask_of(i, k) <= mask_of(i, k + 1)`` and values that do not
     depend on ``k`` (a cumulative game with a fixed baseline); copies then step from the previous copy
-    (:func:`_chained`). Equal to scoring every copy with a full forward (up to float round-off); see the
+    (:func:`_run_chains`). Equal to scoring every copy with a full forward (up to float round-off); see the
     module docstring for which copies run incrementally.
     """
     batch, height, width = base.shape[0], int(base.shape[-2]), int(base.shape[-1])
