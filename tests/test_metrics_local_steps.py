@@ -144,7 +144,7 @@ def test_images_whose_steps_align_step_in_one_call_and_the_others_chain_alone():
     ours = stepped_scores(*args, incremental=True, nested=True)
     counts = local_steps.LAST
     assert torch.allclose(ours, dense, atol=1e-5, rtol=0), (ours - dense).abs().max()
-    # images 0 and 1 (bands at the top and at the bottom) step together: 5 calls of 2 copies; image 2 alone (5)
+    # images 0 and 1 (bands at the top and at the bottom) step together: 5 calls of 2; image 2 alone: 5 of 1
     assert sorted(counts.groups) == [1] * 5 + [2] * 5
     assert (counts.local, counts.unchanged, counts.dense, counts.clean_passes) == (15, 3, 0, 3)
     alone = local_steps.CHAIN_ROWS
