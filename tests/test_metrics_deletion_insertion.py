@@ -136,19 +136,25 @@ def test_incremental_setting_never_changes_the_games_on_real_photos(tmp_path):
 
     from evalcam.runner import run
 
-    games = ("pixel_flipping", "deletion", "insertion", "irof")
+    games = ("pixel_flipping", "deletion", "insertion", "irof", "region_perturbation")
     values = []
     for setting in ("true", "false"):
         result = run(
             config_for(
                 tmp_path / setting, "dataset.limit=2", "batch_size=2", f"metrics=[{','.join(games)}]",
                 "metrics.pixel_flipping.baseline=black", "metrics.pixel_flipping.steps=16",
-                "metrics.irof.n_segments=25",
+                "metrics.irof.n_segments=25", "metrics.region_perturbation.regions=30",
                 *(f"metrics.{game}.incremental={setting}" for game in games),
             )
         )  # fmt: skip
         values.append(json.loads((result.run_dir / "summary.json").read_text())["metrics"])
     keys = [k for k in values[1] if k.split("/")[0] in games and not k.endswith(("ci_low", "ci_high"))]
-    assert {"pixel_flipping/auc", "deletion/auc", "insertion/auc", "irof/aoc"} <= set(keys)
+    assert {
+        "pixel_flipping/auc",
+        "deletion/auc",
+        "insertion/auc",
+        "irof/aoc",
+        "region_perturbation/aopc",
+    } <= set(keys)
     for key in keys:
         assert values[0][key] == pytest.approx(values[1][key], abs=1e-4), key
