@@ -332,7 +332,7 @@ def _run_chains(
             counts.clean_batches.append(len(stale))
         for group in _similar_sizes(stepping, [plans[r].boxes[k] for r in stepping]):
             _advance_rows(
-                model, executor, cache, plans, group, k, images, values, base, classes, mask_of, score, out
+                executor, cache, plans, group, k, images, values, base, classes, mask_of, score, out
             )
             for r in group:
                 held[r] = k
@@ -371,7 +371,6 @@ def _similar_sizes(rows: list[int], boxes: list[tuple[int, int, int, int]]) -> l
 
 
 def _advance_rows(
-    model: nn.Module,
     executor: Any,
     cache: Any,
     plans: list[_ChainPlan],

@@ -240,17 +240,19 @@ def _pair(value: Any) -> tuple[int, int] | None:
     return None
 
 
-def _window_geometry(
+def _window_outputs(
     lo: int, hi: int, length: int, kernel: int, stride: int, pad: int, dilation: int
-) -> tuple[int, int, int, int] | None:
-    """For changed inputs ``[lo, hi)`` of a sliding window along one axis: the affected outputs
-    ``[o0, o1)`` and the input span ``[i0, i1)`` (padding coordinates included) that computes them."""
+) -> tuple[int, int] | None:
+    """The outputs ``[o0, o1)`` that changed inputs ``[lo, hi)`` of a sliding window reach along one axis."""
     out_len = (length + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
     o0 = max(0, math.ceil((lo + pad - dilation * (kernel - 1)) / stride))
     o1 = min(out_len, (hi - 1 + pad) // stride + 1)
-    if o0 >= o1:
-        return None
-    return o0, o1, o0 * stride - pad, (o1 - 1) * stride - pad + dilation * (kernel - 1) + 1
+    return (o0, o1) if o0 < o1 else None
+
+
+def _window_inputs(o0: int, o1: int, kernel: int, stride: int, pad: int, dilation: int) -> tuple[int, int]:
+    """The input span ``[i0, i1)`` (padding coordinates included) that computes outputs ``[o0, o1)``."""
+    return o0 * stride - pad, (o1 - 1) * stride - pad + dilation * (kernel - 1) + 1
 
 
 @contextlib.contextmanager
@@ -422,7 +424,7 @@ class IncrementalModel:
             raise TypeError("advance writes into its cache: start the chain with chain_pass, not clean_pass")
         if rows is None and patch.shape[0] != self.input_of(cache).shape[0]:
             raise ValueError("advance: one copy per cached image, or rows naming the image of every copy")
-        index = None if rows is None else self._check_rows(cache, patch.shape[0], rows)
+        index = None if rows is None else self._check_rows(patch.shape[0], rows)
         values = self._pass(cache, box, patch, rows)
         output = values.pop(self.nodes[-1])
         # Written only after the pass: every step above read the previous copy's values.
@@ -441,17 +443,15 @@ class IncrementalModel:
     def refresh_rows(self, cache: ChainCache, rows: torch.Tensor, inputs: torch.Tensor) -> Any:
         """Make rows ``rows`` of a :meth:`chain_pass` cache the clean pass of ``inputs`` (a chain that
         resumes after a step it could not take incrementally); returns their output."""
-        index = self._check_rows(cache, inputs.shape[0], rows)
+        index = self._check_rows(inputs.shape[0], rows)
         fresh = self.clean_pass(inputs.clone())
         for node in self.nodes:
             if fresh[node] is not cache[node] and node in self.batched:
                 cache[node] = _replace_rows(cache[node], index, fresh[node])
         return self.output_of(fresh)
 
-    def _check_rows(self, cache: dict[fx.Node, Any], copies: int, rows: torch.Tensor | None) -> torch.Tensor:
-        batch = self.input_of(cache).shape[0]
-        if rows is None:
-            return torch.arange(batch)
+    @staticmethod
+    def _check_rows(copies: int, rows: torch.Tensor) -> torch.Tensor:
         index = rows.detach().cpu().long()
         if index.numel() != copies or index.unique().numel() != copies:
             raise ValueError("rows must name a distinct cached image for every copy")
@@ -658,35 +658,19 @@ class IncrementalModel:
             return None
         height, width = x.clean.shape[-2:]
         copies = x.patch.shape[0]
+        (ky, kx), (sy, sx), (py, px), (dy, dx) = kernel, stride, padding, dilation  # type: ignore[misc]
         outputs: list[Box | None] = []
-        for box in x.boxes:
-            spans = []
-            for axis, length in ((0, height), (1, width)):
-                spans.append(
-                    _window_geometry(
-                        box[2 * axis],
-                        box[2 * axis + 1],
-                        length,
-                        kernel[axis],  # type: ignore[index]
-                        stride[axis],  # type: ignore[index]
-                        padding[axis],  # type: ignore[index]
-                        dilation[axis],  # type: ignore[index]
-                    )
-                )
-            outputs.append(None if None in spans else (spans[0][0], spans[0][1], spans[1][0], spans[1][1]))
+        for y0, y1, x0, x1 in x.boxes:
+            rows = _window_outputs(y0, y1, height, ky, sy, py, dy)
+            cols = _window_outputs(x0, x1, width, kx, sx, px, dx)
+            outputs.append(None if rows is None or cols is None else (*rows, *cols))
         if all(o is None for o in outputs):
             # No output reads a changed input (e.g. a strided 1x1 convolution skips them).
             empty = out[..., :0, :0] if x.shared else out.new_empty((copies, out.shape[1], 0, 0))
             return x.like(out, ((0, 0, 0, 0),), empty)
         boxes = one_size([o or (0, 0, 0, 0) for o in outputs], out.shape[-2], out.shape[-1])
-        (ky, kx), (sy, sx), (py, px), (dy, dx) = kernel, stride, padding, dilation  # type: ignore[misc]
         inputs = tuple(
-            (
-                oy0 * sy - py,
-                (oy1 - 1) * sy - py + dy * (ky - 1) + 1,
-                ox0 * sx - px,
-                (ox1 - 1) * sx - px + dx * (kx - 1) + 1,
-            )
+            (*_window_inputs(oy0, oy1, ky, sy, py, dy), *_window_inputs(ox0, ox1, kx, sx, px, dx))
             for oy0, oy1, ox0, ox1 in boxes
         )
         patch = fn(x.crop(inputs if len(inputs) > 1 else inputs[0], pad_value))
