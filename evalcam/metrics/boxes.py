@@ -59,6 +59,18 @@ def largest_component_boxes(masks: np.ndarray) -> list[Box | None]:
     return boxes
 
 
+def iou_matrix(boxes: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """IoU ``[K, G]`` of inclusive boxes (areas count pixels: ``(x1 - x0 + 1) * (y1 - y0 + 1)``)."""
+    ix0 = np.maximum(boxes[:, None, 0], gt[None, :, 0])
+    iy0 = np.maximum(boxes[:, None, 1], gt[None, :, 1])
+    ix1 = np.minimum(boxes[:, None, 2], gt[None, :, 2])
+    iy1 = np.minimum(boxes[:, None, 3], gt[None, :, 3])
+    inter = np.clip(ix1 - ix0 + 1, 0, None) * np.clip(iy1 - iy0 + 1, 0, None)
+    area_a = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+    area_b = (gt[:, 2] - gt[:, 0] + 1) * (gt[:, 3] - gt[:, 1] + 1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
 def box_iou(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """IoU of one ``[4]`` box against ``[N, 4]`` boxes; inclusive corners, so a box has area >= 1."""
     box = box.to(boxes.dtype)

@@ -27,7 +27,7 @@ import torch
 
 from evalcam.maps import upsample
 from evalcam.metrics.base import EvalBatch, Metric, safe_ratio
-from evalcam.metrics.boxes import Box, largest_component_boxes
+from evalcam.metrics.boxes import Box, iou_matrix, largest_component_boxes
 from evalcam.metrics.stats import flat_maps
 from evalcam.requirements import Needs
 from evalcam.stats.aggregation import Aggregation, Mean
@@ -60,19 +60,12 @@ def maps_to_boxes(cams: torch.Tensor, threshold: float) -> list[Box | None]:
 
 
 def best_iou(box: tuple[int, int, int, int] | None, gt: torch.Tensor | None) -> float:
-    """The largest :func:`~evalcam.metrics.boxes.box_iou` of ``box`` with the ``[N, 4]`` boxes ``gt``:
-    the same float32 operations in the same order, in NumPy (one image's few boxes do not pay for a
-    dozen tensor operations)."""
+    """The largest IoU of ``box`` with the ``[N, 4]`` boxes ``gt``, in float32 NumPy
+    (:func:`~evalcam.metrics.boxes.iou_matrix`: the operations of :func:`~evalcam.metrics.boxes.box_iou` in
+    the same order; one image's few boxes do not pay for a dozen tensor operations)."""
     if box is None or gt is None or gt.numel() == 0:
         return 0.0
-    b = np.asarray(box, dtype=np.float32)
-    g = gt.float().cpu().numpy()
-    ix0, iy0 = np.maximum(b[0], g[:, 0]), np.maximum(b[1], g[:, 1])
-    ix1, iy1 = np.minimum(b[2], g[:, 2]), np.minimum(b[3], g[:, 3])
-    inter = np.maximum(ix1 - ix0 + 1, 0) * np.maximum(iy1 - iy0 + 1, 0)
-    area = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
-    areas = (g[:, 2] - g[:, 0] + 1) * (g[:, 3] - g[:, 1] + 1)
-    return float((inter / (area + areas - inter)).max())
+    return float(iou_matrix(np.asarray([box], dtype=np.float32), gt.float().cpu().numpy()).max())
 
 
 class WeakLocalization(Metric):
