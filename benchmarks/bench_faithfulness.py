@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from evalcam.bench.faithfulness_metrics import bench_rows, format_rows
+from evalcam.bench.faithfulness_metrics import bench_rows, bench_shared_rows, format_rows
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
@@ -18,11 +18,22 @@ if __name__ == "__main__":
     parser.add_argument(
         "--compile", action="store_true", help="evalcam's forwards through torch.compile (warmed first)"
     )
+    parser.add_argument(
+        "--methods",
+        type=int,
+        default=1,
+        help="also score the maps of N methods with the metrics whose copies do not depend on the map "
+        "(evalcam's score cache shares their forwards; Quantus runs once per method)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     before = os.getloadavg()
     rows = bench_rows(args.images, args.steps, args.metrics, args.repeats, compiled=args.compile)
     table = format_rows(rows)
+    if args.methods > 1:
+        shared = bench_shared_rows(args.images, args.steps, args.methods, args.metrics, args.repeats)
+        if shared:
+            table += "\n\n" + format_rows(shared)
     after = os.getloadavg()
     print(table)
     print(

@@ -19,6 +19,9 @@ import yaml
 
 # Dataset keys that select which images are scored (paths are left out: they say where, not what).
 DATASET_KEYS = ("split", "limit", "classes", "subset_seed")
+# Metric keys that say where shared results are kept, not what is computed (the default, an interpolation
+# of output_dir, differs from every resolved value).
+WHERE_KEYS = ("cache_dir",)
 
 
 @cache
@@ -72,7 +75,7 @@ def run_qualifiers(config: dict[str, Any]) -> list[str]:
                 items.append(f"{key}={_text(value)}")
     for metric, params in (config.get("metrics") or {}).items():
         for key, value in _changed(params, group_defaults("metrics", str(metric))).items():
-            if not _derived(key, value, seed, str(metric)):
+            if key not in WHERE_KEYS and not _derived(key, value, seed, str(metric)):
                 items.append(f"{metric}.{key}={_text(value)}")
     if seed not in (None, 0):
         items.append(f"seed={seed}")

@@ -132,3 +132,13 @@ def test_run_names_name_the_seed_once_not_each_derived_sub_seed(tmp_path):
     # A sub-seed set by hand is not the derived one: it is named.
     pinned = resolve_seeds(config_for(tmp_path, "method=rise", metrics, "metrics.focus.seed=5"))
     assert run_name(pinned) == "rise·efficientnet_lite0·sample (focus.seed=5)"
+
+
+def test_where_a_metric_keeps_shared_results_does_not_name_the_run(tmp_path):
+    metrics = "metrics=[faithfulness,infidelity,faithfulness_correlation]"
+    config = config_for(tmp_path, metrics)
+    assert config["metrics"]["infidelity"]["cache_dir"] == str(tmp_path / "cache" / "infidelity")
+    assert run_name(config) == "gradcam·efficientnet_lite0·sample"
+    assert run_name(config_for(tmp_path, metrics, "metrics.infidelity.stride=8")) == (
+        "gradcam·efficientnet_lite0·sample (infidelity.stride=8)"
+    )

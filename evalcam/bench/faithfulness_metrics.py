@@ -17,6 +17,8 @@ clean passes are. For such rows ``dense_floor_s`` is the floor of scoring every 
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -255,6 +257,68 @@ def bench_rows(
                 got.setdefault("quantus", []).append(_quantus_once(peer, theirs, arrays, counter))
     compile_forwards(False)
     return [_row(name, got) for name, got in runs.items()]
+
+
+#: metrics whose perturbed copies do not depend on the map: the methods of a sweep share their forwards
+SHARED = ("faithfulness_correlation", "infidelity")
+
+
+def _merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several timed calls as one: seconds summed, forwards concatenated (a failed call: its error)."""
+    failed = [r["error"] for r in runs if "error" in r]
+    if failed:
+        return {"error": failed[0]}
+    out: dict[str, Any] = {
+        "wall": sum(r["wall"] for r in runs),
+        "cpu": sum(r["cpu"] for r in runs),
+        "sizes": [s for r in runs for s in r["sizes"]],
+        "note": runs[0].get("note", ""),
+    }
+    if any("dense_sizes" in r for r in runs):
+        out["dense_sizes"] = [s for r in runs for s in r.get("dense_sizes", [])]
+    return out
+
+
+def bench_shared_rows(
+    images: int = 8, steps: int = 48, methods: int = 3, metrics: list[str] | None = None, repeats: int = 1
+) -> list[dict[str, Any]]:
+    """:data:`SHARED` metrics scoring the maps of ``methods`` methods (seeded random map sets) on one
+    batch, as a sweep does: evalcam with its score cache (``cache_dir``, a new folder each repeat, so the
+    first method computes and the others read), Quantus once per method. Rows as :func:`bench_rows`', for
+    all the methods together."""
+    batch = bench_batch(images)
+    model = batch.bundle.model
+    counter = CountingModel(model)
+    generator = torch.Generator().manual_seed(1)
+    batches = [
+        dataclasses.replace(batch, pred_maps=torch.rand(images, 1, 7, 7, generator=generator))
+        for _ in range(max(1, int(methods)))
+    ]
+    try:
+        import quantus
+    except ImportError:
+        quantus = None
+    if quantus is not None and not hasattr(np, "trapz"):
+        np.trapz = np.trapezoid  # Quantus 0.6 calls np.trapz, removed in NumPy 2.4
+    chosen = {k: v for k, v in _settings(steps).items() if k in SHARED and (not metrics or k in metrics)}
+    runs: dict[str, dict[str, list[Any]]] = {name: {} for name in chosen}
+    for _ in range(max(1, int(repeats))):
+        for name, (ours, peer, theirs) in chosen.items():
+            got = runs[name]
+            with tempfile.TemporaryDirectory() as root:
+                params = {**ours, "chunk_size": images, "cache_dir": root}
+                ev = _merged([_evalcam_once(name, params, b, counter) for b in batches])
+            ev["note"] = f"{len(batches)} methods: the first computes, the others read the score cache"
+            got.setdefault("evalcam", []).append(ev)
+            got.setdefault("floor", []).append(forward_floor(model, batch.inputs, ev["sizes"]))
+            if quantus is not None and peer is not None:
+                peer_runs = []
+                for b in batches:
+                    cams, _ = input_cams(b)
+                    arrays = (b.inputs.numpy(), b.pred_classes[:, 0].numpy(), cams.float().numpy()[:, None])
+                    peer_runs.append(_quantus_once(peer, theirs, arrays, counter))
+                got.setdefault("quantus", []).append(_merged(peer_runs))
+    return [_row(f"{name} x{len(batches)} methods", got) for name, got in runs.items()]
 
 
 def _row(name: str, got: dict[str, list[Any]]) -> dict[str, Any]:

@@ -12,6 +12,10 @@ Quantus's ``FaithfulnessCorrelation`` draws subsets of single *features* of the 
 (channel values of one pixel can be split); with subsets of whole pixels (indices of all channels of a
 pixel, ``subset_size x C`` features) it computes the same number
 (``tests/test_metrics_faithfulness_family_quantus.py``).
+
+The drops do not depend on the map (the subsets are drawn from the image's seed): with ``cache_dir`` set
+they are kept on disk (:mod:`evalcam.metrics.score_cache`) and the methods of a sweep over one model and
+dataset share them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from evalcam.metrics.imputation import (
     masked_scores,
 )
 from evalcam.metrics.perturbed_scores import class_scores, model_of
+from evalcam.metrics.score_cache import ScoreCache, cached_rows
 from evalcam.metrics.stats import pearson
 
 
@@ -41,6 +46,10 @@ def random_subsets(seeds: list[int], runs: int, pixels: int, size: int) -> torch
         for r in range(runs):
             out[i, r] = torch.randperm(pixels, generator=generator)[:size]
     return out
+
+
+def _row_bytes(row: torch.Tensor) -> bytes:
+    return row.detach().float().cpu().contiguous().numpy().tobytes()
 
 
 class FaithfulnessCorrelation(FaithfulMetric):
@@ -57,12 +66,14 @@ class FaithfulnessCorrelation(FaithfulMetric):
         score: str = "prob",
         chunk_size: int = 64,
         seed: int = 0,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__(device)
         self.runs, self.subset_size = int(runs), int(subset_size)
         if self.runs < 2:
             raise ValueError(f"{self.name}: runs={runs} must be >= 2 to correlate")
         self.baseline, self.score, self.chunk_size, self.seed = baseline, score, int(chunk_size), int(seed)
+        self.cache = ScoreCache(cache_dir, self.name) if cache_dir else None
 
     def subsets(self, batch: EvalBatch) -> torch.Tensor:
         height, width = batch.inputs.shape[-2:]
@@ -82,16 +93,29 @@ class FaithfulnessCorrelation(FaithfulMetric):
             return mask.view(-1, 1, height, width)
 
         classes = batch.pred_classes[:, 0].to(inputs.device)
-        perturbed = masked_scores(
-            model_of(batch),
-            inputs,
-            classes,
-            self.runs,
-            mask_of,
-            Baseline(self.baseline, batch, self.seed),
-            self.score,
-            self.chunk_size,
-        )
+        model, baseline = model_of(batch), Baseline(self.baseline, batch, self.seed)
+
+        def compute(index: torch.Tensor) -> torch.Tensor:
+            def masks(image: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+                return mask_of(index[image], k)
+
+            def fills(image: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+                return baseline(index[image], k)
+
+            chosen = inputs[index]
+            return masked_scores(
+                model, chosen, classes[index], self.runs, masks, fills, self.score, self.chunk_size
+            )
+
+        # The copies derive from the image's seed (its subsets, noise) and, for a fixed baseline, its row.
+        extras = None
+        if self.cache is not None:
+            extras = [
+                repr(seed).encode() + (b"" if baseline.fixed is None else _row_bytes(baseline.fixed[i]))
+                for i, seed in enumerate(baseline.seeds)
+            ]
+        settings = (self.runs, self.subset_size, str(self.baseline), self.score)
+        perturbed = cached_rows(self.cache, batch, model, classes, settings, (self.runs,), compute, extras)
         clean = class_scores(batch.logits.to(inputs.device), classes, self.score).double()
         drops = clean[:, None] - perturbed
         sums = cams.flatten(1).gather(1, subsets.flatten(1)).view_as(subsets).sum(-1)

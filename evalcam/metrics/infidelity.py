@@ -18,6 +18,9 @@ removed) and does not rescale; that is not the paper's protocol. Where each of i
 (a ``perturb_func`` starting from the clean image, or one patch covering the image) it equals ``scaled:
 false``; ``tests/test_metrics_faithfulness_family_quantus.py`` checks that number for number, reproduces its
 cumulative value explicitly and checks ``scaled: true`` against the paper's formula written out.
+
+The model's changes ``d`` do not depend on the map: with ``cache_dir`` set they are kept on disk
+(:mod:`evalcam.metrics.score_cache`) and the methods of a sweep over one model and dataset share them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from evalcam.methods.occlusion import occluded_outputs, occlusion_boxes, occlusi
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.faithful_base import FaithfulMetric, input_cams
 from evalcam.metrics.perturbed_scores import class_scores, fill_value, model_of, normalization
+from evalcam.metrics.score_cache import ScoreCache, cached_rows
 
 
 class Infidelity(FaithfulMetric):
@@ -47,6 +51,7 @@ class Infidelity(FaithfulMetric):
         score: str = "logit",
         chunk_size: int = 64,
         incremental: bool | str = "auto",
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__(device)
         self.patch_size, self.stride = int(patch_size), int(stride)
@@ -59,6 +64,7 @@ class Infidelity(FaithfulMetric):
         use_incremental(incremental, torch.device("cpu"))
         self.baseline, self.scaled, self.score = baseline, bool(scaled), score
         self.chunk_size, self.incremental = int(chunk_size), incremental
+        self.cache = ScoreCache(cache_dir, self.name) if cache_dir else None
 
     def changes(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Explained changes ``e`` and model changes ``d`` ``[B, squares]``, and degenerate flags."""
@@ -71,15 +77,19 @@ class Infidelity(FaithfulMetric):
         fill = fill_value(self.baseline, mean, std)
         boxes = occlusion_boxes(size, self.patch_size, self.stride)
         classes = batch.pred_classes[:, 0].to(inputs.device)
-        clean, occluded = occluded_outputs(
-            model_of(batch), inputs, boxes, fill, self.chunk_size, self.incremental
-        )
-        count = len(boxes)
-        clean_scores = class_scores(clean, classes, self.score).double()
-        occluded_scores = class_scores(
-            occluded.flatten(0, 1), classes.repeat_interleave(count), self.score
-        ).double()
-        model_change = clean_scores[:, None] - occluded_scores.view(-1, count).to(clean_scores.device)
+        model, count = model_of(batch), len(boxes)
+
+        def compute(index: torch.Tensor) -> torch.Tensor:
+            clean, occluded = occluded_outputs(
+                model, inputs[index], boxes, fill, self.chunk_size, self.incremental
+            )
+            chosen = classes[index]
+            before = class_scores(clean, chosen, self.score).double()
+            after = class_scores(occluded.flatten(0, 1), chosen.repeat_interleave(count), self.score)
+            return before[:, None] - after.double().view(-1, count).to(before.device)
+
+        settings = (self.patch_size, self.stride, self.score, fill.tolist())
+        model_change = cached_rows(self.cache, batch, model, classes, settings, (count,), compute)
         windows = occlusion_windows(boxes, size, inputs.device).double()
         removed = (inputs - fill).double().sum(1)  # sum over channels of I inside a square
         explained = torch.einsum("bhw,phw->bp", cams * removed, windows)
