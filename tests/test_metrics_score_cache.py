@@ -132,9 +132,12 @@ def test_bench_counts_one_set_of_forwards_for_all_methods_and_one_per_method_for
     pytest.importorskip("quantus")
     from evalcam.bench.faithfulness_metrics import bench_shared_rows
 
-    rows = bench_shared_rows(images=1, steps=12, methods=2, metrics=["faithfulness_correlation"])
-    (row,) = rows
-    assert row["metric"] == "faithfulness_correlation x2 methods"
-    assert row["evalcam_forwards"] == 12  # the first method's 12 runs; the second reads them
-    assert row["quantus_forwards"] >= 2 * 12  # every method pays its runs
-    assert row["ratio"] == row["quantus_s"] / row["evalcam_s"]
+    rows = bench_shared_rows(images=1, steps=24, methods=2)
+    correlation, infidelity = rows
+    assert correlation["metric"] == "faithfulness_correlation x2 methods"
+    assert correlation["evalcam_forwards"] == 24  # the first method's 24 runs; the second reads them
+    assert correlation["quantus_forwards"] >= 2 * 24  # every method pays its runs
+    assert correlation["ratio"] == correlation["quantus_s"] / correlation["evalcam_s"]
+    # infidelity's squares run incrementally: its forwards are the first method's one clean pass
+    assert infidelity["evalcam_forwards"] == 1
+    assert infidelity["quantus_forwards"] >= 2 * 16

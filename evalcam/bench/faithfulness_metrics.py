@@ -158,17 +158,31 @@ def _evalcam_once(
 ) -> dict[str, Any]:
     """One timed ``update`` of metric ``name``: seconds, the full forwards' batch sizes, and (incremental
     re-inference) the batch sizes the same copies would take as full forwards."""
+    from evalcam.metrics import infidelity
+
     (metric,) = build_metrics({name: params}, "cpu")
     counter.sizes = []
     local_steps.LAST.__dict__.update(local_steps.StepCounts().__dict__)
-    wall, cpu = timed(lambda: metric.update(batch))
+    occluded: list[int] = []  # images whose squares infidelity scored (none when its score cache had them)
+    real = infidelity.occluded_outputs
+
+    def counted(model: nn.Module, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        occluded.append(int(inputs.shape[0]))
+        return real(model, inputs, *args, **kwargs)
+
+    infidelity.occluded_outputs = counted
+    try:
+        wall, cpu = timed(lambda: metric.update(batch))
+    finally:
+        infidelity.occluded_outputs = real
     out: dict[str, Any] = {"wall": wall, "cpu": cpu, "sizes": list(counter.sizes), "note": ""}
     chunk = int(params.get("chunk_size", len(batch.samples)))
     last = local_steps.LAST
     if name == "infidelity":
         side = int(params["patch_size"])
-        copies = len(batch.samples) * (int(batch.inputs.shape[-1]) // side) ** 2
-        out["sizes"] += chunk_sizes(len(batch.samples), max(1, chunk // 4))  # the cached clean passes
+        copies = sum(occluded) * (int(batch.inputs.shape[-1]) // side) ** 2
+        # the incremental clean passes (groups of chunk // 4 images) are forwards
+        out["sizes"] += [s for n in occluded for s in chunk_sizes(n, max(1, chunk // 4))]
         out["dense_sizes"] = chunk_sizes(copies, chunk)
         out["note"] = f"evalcam: all {copies} squares by incremental re-inference"
     elif last.clean_passes or last.local or last.unchanged:
