@@ -7,8 +7,10 @@ so a fresh install can run a real benchmark with nothing to download. Labels are
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,9 +19,75 @@ from evalcam.data.base import ClassSpec, EvalDataset, uint8_rgb
 from evalcam.data.imagenet_classes import imagenet_categories
 from evalcam.data.types import Sample
 
+# The files behind the sources the annotations name, inside their packages' folders: read directly, they
+# cost the photo's decode only. The packages' loaders would import scikit-learn (~0.5 s, for china.jpg),
+# hash the file on every load (scikit-image's fetcher) and decode files the photo does not need
+# (``stereo_motorcycle`` decodes both views and a disparity map, ``load_sample_image`` both jpgs). The
+# decoded arrays are the loaders' own (Pillow underneath all three; tests/test_data_sample.py compares them).
+PACKAGED_FILES = {
+    "skimage:chelsea": ("skimage", "data/chelsea.png"),
+    "skimage:coffee": ("skimage", "data/coffee.png"),
+    "skimage:astronaut": ("skimage", "data/astronaut.png"),
+    "skimage:rocket": ("skimage", "data/rocket.jpg"),
+    "skimage:camera": ("skimage", "data/camera.png"),
+    "skimage:clock": ("skimage", "data/clock_motion.png"),
+    "skimage:motorcycle_left": ("skimage", "data/motorcycle_left.png"),
+    "skimage:motorcycle_right": ("skimage", "data/motorcycle_right.png"),
+    "sklearn:china.jpg": ("sklearn", "datasets/images/china.jpg"),
+    "sklearn:flower.jpg": ("sklearn", "datasets/images/flower.jpg"),
+    "matplotlib:grace_hopper.jpg": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+    "matplotlib:Minduka_Present_Blue_Pack.png": (
+        "matplotlib",
+        "mpl-data/sample_data/Minduka_Present_Blue_Pack.png",
+    ),
+}
+
+# Photos decoded in this process, by source: a sweep's points read the same photos again (~5 ms each).
+# Read-only arrays, ~7 MB for the 11 default photos; load_source hands out copies.
+_decoded: dict[str, tuple[tuple[str, int, int], np.ndarray]] = {}
+
+
+def packaged_file(source: str) -> Path | None:
+    """The file of ``source`` inside its installed package, found without importing the package; None for
+    a source not in :data:`PACKAGED_FILES` or a file that is not where it was."""
+    entry = PACKAGED_FILES.get(source)
+    if entry is None:
+        return None
+    package, relative = entry
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / relative
+        if path.is_file():
+            return path
+    return None
+
 
 def load_source(source: str) -> np.ndarray:
-    """Load a packaged photo named ``package:name`` as an HWC uint8 array."""
+    """Load a packaged photo named ``package:name`` as an HWC uint8 array (a fresh, writable one)."""
+    path = packaged_file(source)
+    if path is None:
+        return _load_with_package(source)
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    kept = _decoded.get(source)
+    if kept is None or kept[0] != key:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            # matplotlib's photo went through convert("RGB") (its png is RGBA); the others are decoded as
+            # the packages' loaders decode them (np.asarray of the opened image: RGB, or L for gray).
+            array = np.array(img.convert("RGB") if source.startswith("matplotlib:") else img)
+        array.setflags(write=False)
+        kept = _decoded[source] = (key, array)
+    return kept[1].copy()
+
+
+def _load_with_package(source: str) -> np.ndarray:
+    """``source`` through its package's own loader (a photo not in :data:`PACKAGED_FILES`)."""
     package, _, name = source.partition(":")
     if package == "skimage":
         from skimage import data
