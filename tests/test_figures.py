@@ -140,3 +140,30 @@ def test_the_example_grid_needs_no_pyplot(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "e.png").is_file()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 7), (5, 1), (37, 23), (720, 300)])
+def test_png_bytes_are_lossless(size):
+    import io
+
+    width, height = size
+    noise = np.random.default_rng(width * height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    noise[: height // 2, : width // 2] = 255  # flat areas as well as noise (wrap-around of Sub)
+    data = figures.png_bytes(Image.fromarray(noise))
+    with Image.open(io.BytesIO(data)) as decoded:
+        assert decoded.format == "PNG" and decoded.mode == "RGB"
+        assert np.array_equal(np.asarray(decoded), noise)
+    gray = Image.fromarray(noise[..., 0])  # not RGB: Pillow's encoder
+    with Image.open(io.BytesIO(figures.png_bytes(gray))) as decoded:
+        assert np.array_equal(np.asarray(decoded), noise[..., 0])
+
+
+def test_the_example_grid_file_holds_the_drawn_canvas(tmp_path, monkeypatch):
+    drawn = []
+    encode = figures.png_bytes
+    monkeypatch.setattr(figures, "png_bytes", lambda canvas: drawn.append(canvas.copy()) or encode(canvas))
+    image = torch.randint(0, 256, (3, 300, 451), dtype=torch.uint8)
+    row = ExampleRow(image, torch.rand(7, 7), "t", [1, 2, 300, 200])
+    path = example_grid([row, row], tmp_path / "examples.png", suptitle="s")
+    with Image.open(path) as decoded:
+        assert np.array_equal(np.asarray(decoded), np.asarray(drawn[0]))
