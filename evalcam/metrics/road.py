@@ -37,8 +37,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.linalg import splu
 
 from evalcam.metrics.base import EvalBatch
 from evalcam.metrics.faithful_base import FaithfulMetric, input_cams
@@ -132,6 +130,10 @@ def linear_imputation(image: np.ndarray, missing: np.ndarray) -> np.ndarray:
     rows.append(np.arange(count))
     cols.append(np.arange(count))
     vals.append(diagonal)
+    # Imported here: every run imports the metrics package, and scipy.sparse costs ~50 ms to import.
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import splu
+
     system = coo_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(count, count)
     ).tocsc()
