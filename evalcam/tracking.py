@@ -101,8 +101,6 @@ def _check_reachable(uri: str) -> None:
 def log_run_dir(run_dir: str | Path, tracking_uri: str | None = None) -> str:
     """Log the run directory written by the runner to MLflow; returns the MLflow run id."""
     import mlflow
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
 
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -110,25 +108,56 @@ def log_run_dir(run_dir: str | Path, tracking_uri: str | None = None) -> str:
     if uri:
         _check_reachable(uri)
         mlflow.set_tracking_uri(uri)
+    where = (mlflow.get_tracking_uri(), summary["experiment"])
+    experiment_id = _experiment_ids.get(where)
+    if experiment_id is None:
+        try:
+            experiment_id = mlflow.set_experiment(summary["experiment"]).experiment_id
+        except Exception as err:
+            refusal = store_refusal(err, uri or mlflow.get_tracking_uri())
+            if refusal is None:
+                raise
+            raise refusal from err
     try:
-        experiment = mlflow.set_experiment(summary["experiment"])
-    except Exception as err:
-        refusal = store_refusal(err, uri or mlflow.get_tracking_uri())
-        if refusal is None:
-            raise
-        raise refusal from err
+        run_id = _log_to(run_dir, summary, experiment_id)
+    except BaseException:
+        _experiment_ids.pop(where, None)  # e.g. deleted meanwhile: the next call asks the store again
+        raise
+    _experiment_ids[where] = experiment_id
+    summary["mlflow_run_id"] = run_id
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return run_id
+
+
+# The experiment ids this process looked up, by (tracking URI, experiment name): every point of a sweep logs
+# to the same experiment, and mlflow.set_experiment is a query each time. The runs are created with the id.
+_experiment_ids: dict[tuple[str, str], str] = {}
+
+TABLE_FILE = "per_image_table.json"
+
+
+def _log_to(run_dir: Path, summary: dict[str, Any], experiment_id: str) -> str:
+    """Log ``run_dir`` into the experiment ``experiment_id``, updating the MLflow run already holding it."""
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
     # The run folder's name hashes (method, model, dataset, metrics): logging the same folder again (a
     # finished rerun, `evalcam log` twice) updates its MLflow run instead of adding a duplicate.
     key = run_dir.resolve().name
     # A value without a number carries its reason as a tag (its metric is absent: MLflow drops NaN).
     notes = {f"note/{name}": why for name, why in summary.get("notes", {}).items()}
     tags = {**summary.get("tags", {}), **notes, RUN_KEY_TAG: key}
-    existing = _find_run(experiment.experiment_id, key)
-    start = {"run_id": existing.info.run_id} if existing else {"run_name": summary["run_name"], "tags": tags}
+    existing = _find_run(experiment_id, key)
+    start = (
+        {"run_id": existing.info.run_id}
+        if existing
+        else {"run_name": summary["run_name"], "tags": tags, "experiment_id": experiment_id}
+    )
     # mlflow.log_table appends to a table already in the run, downloading it first: a rerun of a finished
     # run (same folder, same images) would double its rows. Its table is only logged once.
     table_logged = existing is not None and any(
-        a.path == "per_image_table.json" for a in MlflowClient().list_artifacts(existing.info.run_id)
+        a.path == TABLE_FILE for a in MlflowClient().list_artifacts(existing.info.run_id)
     )
     with mlflow.start_run(**start) as run:
         run_id = run.info.run_id
@@ -164,13 +193,29 @@ def log_run_dir(run_dir: str | Path, tracking_uri: str | None = None) -> str:
         if table.exists() and not table_logged:
             import pandas as pd
 
-            frame = pd.read_parquet(table)
+            frame = pd.read_parquet(table).map(_jsonable)
             # log_table makes the per-image results browsable in the UI's artifact view.
-            mlflow.log_table(frame.map(_jsonable), artifact_file="per_image_table.json")
+            if existing is None:
+                _log_new_table(client, run_id, frame)
+            else:
+                mlflow.log_table(frame, artifact_file=TABLE_FILE)
         _save_manifest(run_dir, run_id, manifest)
-    summary["mlflow_run_id"] = run_id
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return run_id
+
+
+def _log_new_table(client: Any, run_id: str, frame: Any) -> None:
+    """``mlflow.log_table(frame, TABLE_FILE)`` for a run just created (no table, no logged-artifacts tag yet):
+    the same file and tag without its look-ups for a table to append to and a tag to extend (two queries
+    and an artifact listing, ~10 ms of each run's logging). tests/test_tracking.py compares the two."""
+    import tempfile
+
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / TABLE_FILE
+        frame.to_json(path, orient="split", index=False, date_format="iso")
+        client.log_artifact(run_id, str(path))
+    client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([{"path": TABLE_FILE, "type": "table"}]))
 
 
 # Files of a run folder logged as artifacts (pictures too, under figures/).

@@ -95,3 +95,73 @@ def test_a_new_store_gets_every_file_again(run_folder, tmp_path, monkeypatch):
     # Another store holds another MLflow run: the manifest of the first one does not apply.
     tracking.log_run_dir(run_folder, f"sqlite:///{tmp_path / 'second.db'}")
     assert len(uploads) == 3
+
+
+def _table_of(client, run_id, tmp_path):
+    path = client.download_artifacts(run_id, tracking.TABLE_FILE, str(tmp_path))
+    with open(path) as handle:
+        return handle.read()
+
+
+def test_a_new_runs_table_is_what_mlflow_log_table_writes(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("table")
+    frame = pd.DataFrame(
+        {"image_id": ["a", "b"], "score": [0.5, float("nan")], "boxes": ['[[1, 2, 3, 4]]', None]}
+    )
+    ours, theirs = (client.create_run(experiment).info.run_id for _ in range(2))
+    tracking._log_new_table(client, ours, frame)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=theirs):
+        mlflow.log_table(frame, artifact_file=tracking.TABLE_FILE)
+    assert _table_of(client, ours, tmp_path / "a") == _table_of(client, theirs, tmp_path / "b")
+    tag = "mlflow.loggedArtifacts"
+    assert client.get_run(ours).data.tags[tag] == client.get_run(theirs).data.tags[tag]
+    assert [a.path for a in client.list_artifacts(ours)] == [a.path for a in client.list_artifacts(theirs)]
+
+
+def test_the_table_is_logged_once_and_the_experiment_looked_up_once(run_folder, tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    lookups = []
+    real = mlflow.set_experiment
+    monkeypatch.setattr(mlflow, "set_experiment", lambda name: lookups.append(name) or real(name))
+    monkeypatch.setattr(tracking, "_experiment_ids", {})
+    run_id = tracking.log_run_dir(run_folder, uri)
+    other = tmp_path / "gradcam__net__sample__9999999999"
+    other.mkdir()
+    for name in ("summary.json", "config.yaml", "per_image.parquet"):
+        (other / name).write_bytes((run_folder / name).read_bytes())
+    other_id = tracking.log_run_dir(other, uri)
+    assert tracking.log_run_dir(run_folder, uri) == run_id  # the same folder again: the same run
+    assert lookups == ["tracking-test"] and other_id != run_id
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tracking-test").experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted([run_id, other_id])
+    for one in (run_id, other_id):
+        table = json.loads(_table_of(client, one, tmp_path / one))
+        assert [row[0] for row in table["data"]] == ["a", "b"]  # logged once, not appended again
+        assert json.loads(client.get_run(one).data.tags["mlflow.loggedArtifacts"]) == [
+            {"path": tracking.TABLE_FILE, "type": "table"}
+        ]
+    # Another store is another experiment: looked up there.
+    tracking.log_run_dir(run_folder, f"sqlite:///{tmp_path / 'second.db'}")
+    assert lookups == ["tracking-test", "tracking-test"]
+
+
+def test_an_experiment_deleted_meanwhile_is_looked_up_again(run_folder, tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setattr(tracking, "_experiment_ids", {})
+    tracking.log_run_dir(run_folder, uri)
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("tracking-test").experiment_id
+    client.delete_experiment(experiment_id)
+    other = tmp_path / "gradcam__net__sample__9999999999"
+    other.mkdir()
+    (other / "summary.json").write_bytes((run_folder / "summary.json").read_bytes())
+    with pytest.raises(mlflow.exceptions.MlflowException, match="active"):
+        tracking.log_run_dir(other, uri)  # a run cannot be created in a deleted experiment
+    assert not tracking._experiment_ids
+    client.restore_experiment(experiment_id)
+    run_id = tracking.log_run_dir(other, uri)
+    assert client.get_run(run_id).info.experiment_id == experiment_id
