@@ -108,7 +108,7 @@ def test_a_new_runs_table_is_what_mlflow_log_table_writes(tmp_path):
     client = MlflowClient(uri)
     experiment = client.create_experiment("table")
     frame = pd.DataFrame(
-        {"image_id": ["a", "b"], "score": [0.5, float("nan")], "boxes": ['[[1, 2, 3, 4]]', None]}
+        {"image_id": ["a", "b"], "score": [0.5, float("nan")], "boxes": ["[[1, 2, 3, 4]]", None]}
     )
     ours, theirs = (client.create_run(experiment).info.run_id for _ in range(2))
     tracking._log_new_table(client, ours, frame)
