@@ -195,27 +195,9 @@ def _log_to(run_dir: Path, summary: dict[str, Any], experiment_id: str) -> str:
 
             frame = pd.read_parquet(table).map(_jsonable)
             # log_table makes the per-image results browsable in the UI's artifact view.
-            if existing is None:
-                _log_new_table(client, run_id, frame)
-            else:
-                mlflow.log_table(frame, artifact_file=TABLE_FILE)
+            mlflow.log_table(frame, artifact_file=TABLE_FILE)
         _save_manifest(run_dir, run_id, manifest)
     return run_id
-
-
-def _log_new_table(client: Any, run_id: str, frame: Any) -> None:
-    """``mlflow.log_table(frame, TABLE_FILE)`` for a run just created (no table, no logged-artifacts tag yet):
-    the same file and tag without its look-ups for a table to append to and a tag to extend (two queries
-    and an artifact listing, ~10 ms of each run's logging). tests/test_tracking.py compares the two."""
-    import tempfile
-
-    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / TABLE_FILE
-        frame.to_json(path, orient="split", index=False, date_format="iso")
-        client.log_artifact(run_id, str(path))
-    client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([{"path": TABLE_FILE, "type": "table"}]))
 
 
 # Files of a run folder logged as artifacts (pictures too, under figures/).

@@ -103,24 +103,6 @@ def _table_of(client, run_id, tmp_path):
         return handle.read()
 
 
-def test_a_new_runs_table_is_what_mlflow_log_table_writes(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    experiment = client.create_experiment("table")
-    frame = pd.DataFrame(
-        {"image_id": ["a", "b"], "score": [0.5, float("nan")], "boxes": ["[[1, 2, 3, 4]]", None]}
-    )
-    ours, theirs = (client.create_run(experiment).info.run_id for _ in range(2))
-    tracking._log_new_table(client, ours, frame)
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=theirs):
-        mlflow.log_table(frame, artifact_file=tracking.TABLE_FILE)
-    assert _table_of(client, ours, tmp_path / "a") == _table_of(client, theirs, tmp_path / "b")
-    tag = "mlflow.loggedArtifacts"
-    assert client.get_run(ours).data.tags[tag] == client.get_run(theirs).data.tags[tag]
-    assert [a.path for a in client.list_artifacts(ours)] == [a.path for a in client.list_artifacts(theirs)]
-
-
 def test_the_table_is_logged_once_and_the_experiment_looked_up_once(run_folder, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     lookups = []
