@@ -126,6 +126,10 @@ def test_fingerprint_follows_the_values_not_the_object():
         twin.conv.weight[0, 0, 0, 0] += 1e-6
     assert cache.fingerprint(twin) != first
     assert cache.fingerprint(model.train()) != first  # a model in training mode is another function
+    model.eval()
+    assert cache.fingerprint(model) == first
+    model.act = torch.nn.ReLU6()  # same values, another function
+    assert cache.fingerprint(model) != first
 
 
 def test_bench_counts_one_set_of_forwards_for_all_methods_and_one_per_method_for_quantus():

@@ -34,10 +34,10 @@ Compute = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _state_signature(model: nn.Module) -> tuple:
-    """Every module's mode, and where every parameter and buffer lives and how often it was written in
-    place: unchanged values keep this tuple, so the (costly) hash of the values is reused."""
-    modes = tuple(m.training for m in model.modules())
-    return modes, tuple((t.data_ptr(), t._version) for t in model.state_dict(keep_vars=True).values())
+    """Every module's class and mode, and where every parameter and buffer lives and how often it was
+    written in place: unchanged values keep this tuple, so the (costly) hash of the values is reused."""
+    modules = tuple((type(m), m.training) for m in model.modules())
+    return modules, tuple((t.data_ptr(), t._version) for t in model.state_dict(keep_vars=True).values())
 
 
 class ScoreCache:
@@ -50,12 +50,14 @@ class ScoreCache:
         )
 
     def fingerprint(self, model: nn.Module) -> str:
-        """A hash of ``model``'s class, its modules' modes and every parameter and buffer value."""
+        """A hash of ``model``'s structure (its modules, their settings and modes: ``repr``) and every
+        parameter and buffer value."""
         signature = _state_signature(model)
         known = self._fingerprints.get(model)
         if known is not None and known[0] == signature:
             return known[1]
-        digest = hashlib.sha256(f"{type(model).__qualname__}:{signature[0]}".encode())
+        modes = [m.training for m in model.modules()]
+        digest = hashlib.sha256(f"{type(model).__qualname__}\n{model!r}\n{modes}".encode())
         for name, tensor in sorted(model.state_dict().items()):
             digest.update(name.encode())
             digest.update(repr((tuple(tensor.shape), str(tensor.dtype))).encode())
