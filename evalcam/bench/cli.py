@@ -62,7 +62,11 @@ def quantus_tables(args: argparse.Namespace, device: torch.device) -> list[dict[
     # Quantus accepts 3 m steps with m dividing 224 * 224; 12 keeps the table to minutes on a CPU.
     faithful = faithfulness_metrics.bench_rows(images=args.batch_size, steps=12 if args.quick else 48)
     print("\n" + faithfulness_metrics.format_rows(faithful))
-    return rows + robust + faithful
+    # A sweep's methods share the copies of the map-independent metrics (score cache); 24 steps: a square
+    # grid Quantus's infidelity can take without padding.
+    shared = faithfulness_metrics.bench_shared_rows(images=args.batch_size, steps=24, methods=3)
+    print("\n" + faithfulness_metrics.format_rows(shared))
+    return rows + robust + faithful + shared
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
