@@ -200,7 +200,7 @@ def test_advance_refuses_a_cache_it_does_not_own():
 def test_cumulative_metrics_give_the_same_records_with_and_without_incremental(name, params):
     batch = _batch()
     (dense,) = build_metrics({name: {**params, "incremental": False, "chunk_size": 7}}, "cpu")
-    (ours,) = build_metrics({name: {**params, "incremental": "auto", "chunk_size": 7}}, "cpu")
+    (ours,) = build_metrics({name: {**params, "incremental": True, "chunk_size": 7}}, "cpu")
     expected = dense.update(batch)
     records = ours.update(batch)
     assert local_steps.LAST.local > 0  # the first steps of a compact blob are local

@@ -136,7 +136,12 @@ def test_bench_counts_one_set_of_forwards_for_all_methods_and_one_per_method_for
     pytest.importorskip("quantus")
     from evalcam.bench.faithfulness_metrics import bench_shared_rows
 
-    rows = bench_shared_rows(images=1, steps=24, methods=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # `incremental: auto` re-infers incrementally on one or two threads
+    try:
+        rows = bench_shared_rows(images=1, steps=24, methods=2)
+    finally:
+        torch.set_num_threads(threads)
     correlation, infidelity = rows
     assert correlation["metric"] == "faithfulness_correlation x2 methods"
     assert correlation["evalcam_forwards"] == 24  # the first method's 24 runs; the second reads them

@@ -133,12 +133,22 @@ def test_incremental_occlusion_on_cuda_matches_full_forward():
     _check(model, x, boxes, torch.zeros(1, 3, 1, 1, device="cuda"), atol=1e-3)
 
 
-def test_incremental_auto_means_cpu_only_and_bad_values_fail_at_construction():
-    from evalcam.methods.occlusion import Occlusion, use_incremental
+def test_incremental_auto_means_a_cpu_with_few_threads_and_bad_values_fail_at_construction():
+    from evalcam.methods.occlusion import AUTO_MAX_THREADS, Occlusion, use_incremental
     from evalcam.metrics.faithfulness import OcclusionFaithfulness
 
-    assert use_incremental("auto", torch.device("cpu"))
-    assert not use_incremental("auto", torch.device("cuda"))
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, AUTO_MAX_THREADS):
+            torch.set_num_threads(count)
+            assert use_incremental("auto", torch.device("cpu"))
+            assert not use_incremental("auto", torch.device("cuda"))
+        # more threads: full batched forwards use them; the incremental path runs on one
+        torch.set_num_threads(AUTO_MAX_THREADS + 1)
+        assert not use_incremental("auto", torch.device("cpu"))
+        assert use_incremental(True, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
     assert use_incremental(True, torch.device("cuda")) and not use_incremental(False, torch.device("cpu"))
     with pytest.raises(ValueError, match="true, false or 'auto'"):
         OcclusionFaithfulness(incremental="sometimes")
