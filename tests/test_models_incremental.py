@@ -224,3 +224,38 @@ def test_chains_of_several_images_step_together_and_resume_after_a_refresh(lite0
         executor.advance(cache, (0, 2, 0, 2), torch.zeros(2, 3, 2, 2), rows=torch.tensor([1, 1]))
     with pytest.raises(ValueError, match="rows"):
         executor.advance(cache, (0, 2, 0, 2), torch.zeros(2, 3, 2, 2))
+
+
+def test_occluded_outputs_split_images_over_the_threads_with_the_same_outputs(monkeypatch):
+    import evalcam.methods.occlusion as occlusion
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    boxes = occlusion_boxes((64, 64), 16, 12)
+    fill = torch.zeros(1, 3, 1, 1)
+    pools = []
+
+    class CountingPool(occlusion.ThreadPoolExecutor):
+        def __init__(self, workers: int) -> None:
+            pools.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(occlusion, "ThreadPoolExecutor", CountingPool)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        clean_1, occluded_1 = occlusion.occluded_outputs(model, x, boxes, fill, incremental=True)
+        assert pools == []
+        torch.set_num_threads(2)
+        clean_2, occluded_2 = occlusion.occluded_outputs(model, x, boxes, fill, incremental=True)
+        assert pools == [2]  # 5 images: groups of 3 and 2, one worker each
+        assert torch.get_num_threads() == 2  # the workers' one intra-op thread is given back
+    finally:
+        torch.set_num_threads(threads)
+    dense_clean, dense = occlusion.occluded_outputs(model, x, boxes, fill, incremental=False)
+    torch.testing.assert_close(clean_2, clean_1, rtol=0, atol=1e-5)
+    torch.testing.assert_close(occluded_2, occluded_1, rtol=0, atol=1e-5)
+    torch.testing.assert_close(occluded_2, dense, rtol=0, atol=1e-4)
+    torch.testing.assert_close(clean_2, dense_clean, rtol=0, atol=1e-4)
+    assert not occluded_2.requires_grad
