@@ -228,6 +228,7 @@ def test_chains_of_several_images_step_together_and_resume_after_a_refresh(lite0
 
 def test_occluded_outputs_split_images_over_the_threads_with_the_same_outputs(monkeypatch):
     import evalcam.methods.occlusion as occlusion
+    import evalcam.models.incremental as incremental
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
@@ -236,12 +237,12 @@ def test_occluded_outputs_split_images_over_the_threads_with_the_same_outputs(mo
     fill = torch.zeros(1, 3, 1, 1)
     pools = []
 
-    class CountingPool(occlusion.ThreadPoolExecutor):
+    class CountingPool(incremental.ThreadPoolExecutor):
         def __init__(self, workers: int) -> None:
             pools.append(workers)
             super().__init__(workers)
 
-    monkeypatch.setattr(occlusion, "ThreadPoolExecutor", CountingPool)
+    monkeypatch.setattr(incremental, "ThreadPoolExecutor", CountingPool)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

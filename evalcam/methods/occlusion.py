@@ -17,14 +17,13 @@ The same machinery produces the occlusion maps of the faithfulness metric.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
 
 from evalcam.methods.base import Explainer, Explanation, Targets, resolve_targets
 from evalcam.models.chunked import chunked_forward, fast_layout
-from evalcam.models.incremental import Box, incremental_model, one_thread
+from evalcam.models.incremental import Box, incremental_model, spread, workers
 
 
 def patch_origins(length: int, patch: int, stride: int) -> list[int]:
@@ -96,27 +95,20 @@ def occluded_outputs(
     executor = incremental_model(model) if use_incremental(incremental, inputs.device) else None
     if executor is None:
         return _dense_outputs(model, inputs, boxes, fill, chunk_size)
-    # The incremental path runs its small kernels on one intra-op thread; the threads torch was given work
-    # on groups of images instead, one Python thread each (the kernels release the GIL: two workers ran
-    # Lite0's 196 squares on 4 images 1.7-2.0x faster than one, same outputs).
-    workers = min(torch.get_num_threads(), inputs.shape[0]) if inputs.device.type == "cpu" else 1
+    # The groups of images run on the threads torch was given, one Python worker each (incremental.spread).
     # The clean pass is cached node by node for a group of images: bounded like a chunk of copies.
-    group = max(1, min(int(chunk_size) // 4, math.ceil(inputs.shape[0] / workers)))
+    group = max(
+        1, min(int(chunk_size) // 4, math.ceil(inputs.shape[0] / workers(inputs.device, len(inputs))))
+    )
     # channels-last on the CPU: the windows' crops inherit it (~17 % faster on Lite0's infidelity squares)
     laid_out = fast_layout(model, inputs)
 
     def outputs_of(start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():  # grad mode is per thread: a worker's must be set there
-            cache = executor.clean_pass(laid_out[start : start + group])
-            occluded = torch.stack([executor.occluded(cache, box, fill) for box in boxes], dim=1)
-            return executor.output_of(cache), occluded
+        cache = executor.clean_pass(laid_out[start : start + group])
+        occluded = torch.stack([executor.occluded(cache, box, fill) for box in boxes], dim=1)
+        return executor.output_of(cache), occluded
 
-    starts = list(range(0, inputs.shape[0], group))
-    if workers > 1 and len(starts) > 1:
-        with one_thread(), ThreadPoolExecutor(min(workers, len(starts))) as pool:
-            parts = list(pool.map(outputs_of, starts))
-    else:
-        parts = [outputs_of(start) for start in starts]
+    parts = spread(outputs_of, range(0, inputs.shape[0], group), inputs.device)
     return torch.cat([clean for clean, _ in parts]), torch.cat([occluded for _, occluded in parts])
 
 

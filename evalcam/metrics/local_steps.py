@@ -36,6 +36,7 @@ insertion's late steps change scattered pixels: dense. ``incremental: auto`` use
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +47,7 @@ from torch import nn
 from evalcam.methods.occlusion import use_incremental
 from evalcam.metrics.perturbed_scores import class_scores, scores_of_items
 from evalcam.models.chunked import fast_layout
-from evalcam.models.incremental import incremental_model, one_size
+from evalcam.models.incremental import incremental_model, one_size, spread, workers
 
 #: bool masks ``[n, 1, H, W]`` (True: replaced) of copies ``k[i]`` of images ``image[i]``
 MaskOf = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -83,6 +84,15 @@ class StepCounts:
     #: batch sizes of the clean passes (full forwards through the traced model)
     clean_batches: list[int] = field(default_factory=list)
     groups: list[int] = field(default_factory=list)
+
+    def add(self, other: StepCounts) -> None:
+        """Add the counts of another job of the same call."""
+        self.dense += other.dense
+        self.local += other.local
+        self.unchanged += other.unchanged
+        self.clean_passes += other.clean_passes
+        self.clean_batches += other.clean_batches
+        self.groups += other.groups
 
 
 #: counts of the most recent :func:`stepped_scores` call (read by the benchmark and the tests)
@@ -165,16 +175,21 @@ def stepped_scores(
         dense += [(i, k) for k in range(copies) if k not in chosen]
         if local:
             plans[i] = (local, boxes)
-    group = max(1, int(chunk_size) // 4)  # clean passes cached for a few images at a time, like occlusion
+    # Groups of images are independent jobs: they run on the threads torch was given (incremental.spread),
+    # each with its own counts, writing only its images' rows of ``out``.
+    threads = workers(base.device, max(len(plans), len(chains)))
+    # clean passes cached for a few images at a time, like occlusion
+    group = max(1, min(int(chunk_size) // 4, math.ceil(len(plans) / threads)))
     planned = sorted(plans)
-    for lo in range(0, len(planned), group):
-        images = planned[lo : lo + group]
+
+    def local_group(images: list[int]) -> tuple[StepCounts, list[tuple[int, int]]]:
+        mine, failed_pairs = StepCounts(), []
         cache = executor.clean_pass(fast_layout(model, base[images]))  # type: ignore[union-attr]
-        counts.clean_passes += len(images)
-        counts.clean_batches.append(len(images))
+        mine.clean_passes += len(images)
+        mine.clean_batches.append(len(images))
         for row, i in enumerate(images):
             local, boxes = plans[i]
-            unchanged = counts.unchanged
+            unchanged = mine.unchanged
             failed = _score_local(
                 executor,
                 executor.image_cache(cache, row),  # type: ignore[union-attr]
@@ -189,14 +204,30 @@ def stepped_scores(
                 limit,
                 max(1, chunk_size),
                 out,
-                counts,
+                mine,
             )
-            counts.local += len(local) - len(failed) - (counts.unchanged - unchanged)
-            dense += [(i, k) for k in failed]
-        del cache
-    args = (base, classes, copies, mask_of, values_of, score, out, counts, dense, repeats)
-    for group in _aligned(chains, max(1, min(int(chunk_size), CHAIN_ROWS))):
-        _run_chains(model, executor, group, *args)  # type: ignore[arg-type]
+            mine.local += len(local) - len(failed) - (mine.unchanged - unchanged)
+            failed_pairs += [(i, k) for k in failed]
+        return mine, failed_pairs
+
+    groups = [planned[lo : lo + group] for lo in range(0, len(planned), group)]
+    for mine, failed_pairs in spread(local_group, groups, base.device):
+        counts.add(mine)
+        dense += failed_pairs
+
+    def chain_group(
+        plans_: list[_ChainPlan],
+    ) -> tuple[StepCounts, list[tuple[int, int]], list[tuple[int, int]]]:
+        mine, more_dense, more_repeats = StepCounts(), [], []
+        more = (base, classes, copies, mask_of, values_of, score, out, mine, more_dense, more_repeats)
+        _run_chains(model, executor, plans_, *more)  # type: ignore[arg-type]
+        return mine, more_dense, more_repeats
+
+    rows = max(1, min(int(chunk_size), CHAIN_ROWS, math.ceil(len(chains) / threads)))
+    for mine, more_dense, more_repeats in spread(chain_group, _aligned(chains, rows), base.device):
+        counts.add(mine)
+        dense += more_dense
+        repeats += more_repeats  # each image's repeats in step order (the loop below relies on it)
     if dense:
         pairs = torch.tensor(dense, dtype=torch.long, device=base.device)
 
