@@ -61,19 +61,19 @@ def spread_drops(drops: torch.Tensor, boxes: list[Box], size: tuple[int, int]) -
 
 
 #: ``incremental: auto`` re-infers incrementally on a CPU running at most this many intra-op threads.
-#: Measured on EfficientNet-Lite0 (4-8 images): on one thread the incremental path needs 2.2-2.8x less time
-#: than full forwards of the same copies (occlusion faithfulness 14.0 vs 31.1 s, infidelity 14.1 vs 39.4 s,
-#: region perturbation 2.7 vs 6.7 s); it runs on one thread (:func:`evalcam.models.incremental.one_thread`),
-#: while two threads speed full batched forwards up 1.5-1.7x (still slower: 20.2, 22.9, 3.9 s). From about
-#: three threads on, full forwards are expected to win in wall time, and by far on many-core CPUs.
+#: Measured on EfficientNet-Lite0 (4-8 images), wall seconds: on one thread the incremental path takes
+#: 2.2-2.8x less time than full forwards of the same copies (occlusion faithfulness 14.0 vs 31.1 s,
+#: infidelity 14.1 vs 39.4 s, region perturbation 2.7 vs 6.7 s); on two threads, with its image groups on
+#: two workers (:func:`evalcam.models.incremental.spread`), 5.7 vs 20.2 s, 7.1 vs 22.9 s, 1.7 vs 3.9 s.
+#: How far the workers scale beyond two threads (the GIL, memory bandwidth) is not measured on this 2-core
+#: host, while full batched forwards are known to use many cores: above this, full forwards.
 AUTO_MAX_THREADS = 2
 
 
 def use_incremental(setting: bool | str, device: torch.device) -> bool:
     """``"auto"``: incremental on a CPU running at most :data:`AUTO_MAX_THREADS` intra-op threads, where it
-    is measured faster than full forwards; full batched forwards on more threads and on accelerators, whose
-    parallel kernels keep every core busy (the incremental path's hundreds of small kernels per copy run on
-    one thread)."""
+    is measured faster than full forwards; full batched forwards on more threads (not measured for the
+    incremental path) and on accelerators, whose parallel kernels keep the device busy."""
     if isinstance(setting, str):
         if setting != "auto":
             raise ValueError(f"incremental must be true, false or 'auto', got {setting!r}")
