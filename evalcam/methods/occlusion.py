@@ -96,10 +96,10 @@ def occluded_outputs(
     if executor is None:
         return _dense_outputs(model, inputs, boxes, fill, chunk_size)
     # The groups of images run on the threads torch was given, one Python worker each (incremental.spread).
-    # The clean pass is cached node by node for a group of images: bounded like a chunk of copies.
-    group = max(
-        1, min(int(chunk_size) // 4, math.ceil(inputs.shape[0] / workers(inputs.device, len(inputs))))
-    )
+    # The clean pass is cached node by node for a group of images: the groups held at once are bounded
+    # like a chunk of copies, however many workers hold them.
+    count = workers(inputs.device, len(inputs))
+    group = max(1, min(int(chunk_size) // 4 // count, math.ceil(len(inputs) / count)))
     # channels-last on the CPU: the windows' crops inherit it (~17 % faster on Lite0's infidelity squares)
     laid_out = fast_layout(model, inputs)
 

@@ -178,8 +178,8 @@ def stepped_scores(
     # Groups of images are independent jobs: they run on the threads torch was given (incremental.spread),
     # each with its own counts, writing only its images' rows of ``out``.
     threads = workers(base.device, max(len(plans), len(chains)))
-    # clean passes cached for a few images at a time, like occlusion
-    group = max(1, min(int(chunk_size) // 4, math.ceil(len(plans) / threads)))
+    # clean passes cached for a few images at a time, like occlusion (bounded over all workers)
+    group = max(1, min(int(chunk_size) // 4 // threads, math.ceil(len(plans) / threads)))
     planned = sorted(plans)
 
     def local_group(images: list[int]) -> tuple[StepCounts, list[tuple[int, int]]]:
@@ -223,7 +223,8 @@ def stepped_scores(
         _run_chains(model, executor, plans_, *more)  # type: ignore[arg-type]
         return mine, more_dense, more_repeats
 
-    rows = max(1, min(int(chunk_size), CHAIN_ROWS, math.ceil(len(chains) / threads)))
+    # at most CHAIN_ROWS cached rows at once over all workers (memory), split among them
+    rows = max(1, min(int(chunk_size), CHAIN_ROWS // threads, math.ceil(len(chains) / threads)))
     for mine, more_dense, more_repeats in spread(chain_group, _aligned(chains, rows), base.device):
         counts.add(mine)
         dense += more_dense
