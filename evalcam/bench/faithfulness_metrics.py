@@ -216,6 +216,23 @@ def _quantus_once(
     return {"wall": wall, "cpu": cpu, "sizes": list(counter.sizes)}
 
 
+def _quantus() -> Any:
+    """The quantus module (None when it is not installed), runnable on this NumPy."""
+    try:
+        import quantus
+    except ImportError:
+        return None
+    if not hasattr(np, "trapz"):
+        np.trapz = np.trapezoid  # Quantus 0.6 calls np.trapz, removed in NumPy 2.4
+    return quantus
+
+
+def _peer_arrays(batch: EvalBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, y, a)`` as Quantus takes them: inputs, top-1 classes and the maps upsampled to the input."""
+    cams, _ = input_cams(batch)
+    return batch.inputs.numpy(), batch.pred_classes[:, 0].numpy(), cams.float().numpy()[:, None]
+
+
 def _median(values: list[float]) -> float:
     return float(np.median(values))
 
@@ -242,14 +259,8 @@ def bench_rows(
     batch = bench_batch(images)
     model = batch.bundle.model
     counter = CountingModel(model)
-    cams, _ = input_cams(batch)
-    arrays = (batch.inputs.numpy(), batch.pred_classes[:, 0].numpy(), cams.float().numpy()[:, None])
-    try:
-        import quantus
-    except ImportError:
-        quantus = None
-    if quantus is not None and not hasattr(np, "trapz"):
-        np.trapz = np.trapezoid  # Quantus 0.6 calls np.trapz, removed in NumPy 2.4
+    arrays = _peer_arrays(batch)
+    quantus = _quantus()
     chosen = {k: v for k, v in _settings(steps).items() if not metrics or k in metrics}
     runs: dict[str, dict[str, list[Any]]] = {name: {} for name in chosen}
     compile_forwards(compiled)
@@ -308,12 +319,7 @@ def bench_shared_rows(
         dataclasses.replace(batch, pred_maps=torch.rand(images, 1, 7, 7, generator=generator))
         for _ in range(max(1, int(methods)))
     ]
-    try:
-        import quantus
-    except ImportError:
-        quantus = None
-    if quantus is not None and not hasattr(np, "trapz"):
-        np.trapz = np.trapezoid  # Quantus 0.6 calls np.trapz, removed in NumPy 2.4
+    quantus = _quantus()
     chosen = {k: v for k, v in _settings(steps).items() if k in SHARED and (not metrics or k in metrics)}
     runs: dict[str, dict[str, list[Any]]] = {name: {} for name in chosen}
     for _ in range(max(1, int(repeats))):
@@ -326,11 +332,7 @@ def bench_shared_rows(
             got.setdefault("evalcam", []).append(ev)
             got.setdefault("floor", []).append(forward_floor(model, batch.inputs, ev["sizes"]))
             if quantus is not None and peer is not None:
-                peer_runs = []
-                for b in batches:
-                    cams, _ = input_cams(b)
-                    arrays = (b.inputs.numpy(), b.pred_classes[:, 0].numpy(), cams.float().numpy()[:, None])
-                    peer_runs.append(_quantus_once(peer, theirs, arrays, counter))
+                peer_runs = [_quantus_once(peer, theirs, _peer_arrays(b), counter) for b in batches]
                 got.setdefault("quantus", []).append(_merged(peer_runs))
     return [_row(f"{name} x{len(batches)} methods", got) for name, got in runs.items()]
 

@@ -34,7 +34,7 @@ from evalcam.metrics.imputation import (
     masked_scores,
 )
 from evalcam.metrics.perturbed_scores import class_scores, model_of
-from evalcam.metrics.score_cache import ScoreCache, cached_rows
+from evalcam.metrics.score_cache import ScoreCache, cached_rows, tensor_bytes
 from evalcam.metrics.stats import pearson
 
 
@@ -46,10 +46,6 @@ def random_subsets(seeds: list[int], runs: int, pixels: int, size: int) -> torch
         for r in range(runs):
             out[i, r] = torch.randperm(pixels, generator=generator)[:size]
     return out
-
-
-def _row_bytes(row: torch.Tensor) -> bytes:
-    return row.detach().float().cpu().contiguous().numpy().tobytes()
 
 
 class FaithfulnessCorrelation(FaithfulMetric):
@@ -111,7 +107,7 @@ class FaithfulnessCorrelation(FaithfulMetric):
         extras = None
         if self.cache is not None:
             extras = [
-                repr(seed).encode() + (b"" if baseline.fixed is None else _row_bytes(baseline.fixed[i]))
+                repr(seed).encode() + (b"" if baseline.fixed is None else tensor_bytes(baseline.fixed[i]))
                 for i, seed in enumerate(baseline.seeds)
             ]
         settings = (self.runs, self.subset_size, str(self.baseline), self.score)

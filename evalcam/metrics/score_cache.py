@@ -40,6 +40,11 @@ def _state_signature(model: nn.Module) -> tuple:
     return modules, tuple((t.data_ptr(), t._version) for t in model.state_dict(keep_vars=True).values())
 
 
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The float32 values of ``tensor`` as bytes (for a cache key)."""
+    return tensor.detach().float().cpu().contiguous().numpy().tobytes()
+
+
 class ScoreCache:
     """Map-independent perturbation results of one metric on disk, under ``root`` (see the module doc)."""
 
@@ -56,7 +61,7 @@ class ScoreCache:
         known = self._fingerprints.get(model)
         if known is not None and known[0] == signature:
             return known[1]
-        modes = [m.training for m in model.modules()]
+        modes = [training for _, training in signature[0]]
         digest = hashlib.sha256(f"{type(model).__qualname__}\n{model!r}\n{modes}".encode())
         for name, tensor in sorted(model.state_dict().items()):
             digest.update(name.encode())
@@ -79,9 +84,9 @@ class ScoreCache:
         identity = (bundle.name, bundle.weights) if bundle is not None else ("", "")
         head = (CACHE_VERSION, self.kind, identity, self.fingerprint(model), int(cls), settings)
         digest.update(repr(head).encode())
-        image = batch.inputs[index].detach().float().cpu().contiguous()
+        image = batch.inputs[index]
         digest.update(repr(tuple(image.shape)).encode())
-        digest.update(image.numpy().tobytes())
+        digest.update(tensor_bytes(image))
         digest.update(extra)
         return digest.hexdigest()
 
